@@ -1,0 +1,97 @@
+//! Backends: where ids are made, history is kept and live events come from.
+//!
+//! The HTTP layer sees only the [`Backend`] trait. `memory` keeps everything in this process; `redis`
+//! (a later step) will share topics, ids and history between nodes. Both feed the node's [`Hub`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Error;
+use crate::hub::{Hub, Registration};
+use crate::id::{EventId, LastEventId};
+use crate::sse::Event;
+use crate::topic::Topic;
+
+pub mod memory;
+
+pub use memory::MemoryBackend;
+
+/// An event as a publisher gave it, validated, before it has an id.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Distinct, valid topics (at least one).
+    pub topics: Vec<Topic>,
+    /// Validated type, if any.
+    pub kind: Option<String>,
+    /// The data text.
+    pub data: String,
+}
+
+/// What a backend found in its history for a resuming client.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Retained events newer than the last id, in id order, each once.
+    pub events: Vec<Arc<Event>>,
+    /// Set when the history cannot cover the gap for some topics.
+    pub reset: Option<Reset>,
+}
+
+/// The topics whose history is incomplete, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// Topics whose history is incomplete.
+    pub topics: Vec<Topic>,
+    /// A short machine-readable reason (`trimmed`, `malformed_id`, `unknown_id`, `history_lost`).
+    pub reason: &'static str,
+}
+
+/// Where events are stored and where live events come from.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name for logs (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// The hub this backend feeds.
+    fn hub(&self) -> &Arc<Hub>;
+
+    /// Assigns the event its id, stores it in every topic's history and hands it to live delivery, all or
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when nothing could be published.
+    async fn publish(&self, event: NewEvent) -> Result<EventId, Error>;
+
+    /// Subscribes a connection to `topics`; once this returns, every event published later reaches the
+    /// registration's mailbox.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`], or [`Error::BackendUnavailable`] when the live feed cannot be subscribed.
+    async fn subscribe(&self, topics: &[Topic]) -> Result<Registration, Error>;
+
+    /// Reads the retained history of `topics` after `last`, and says which topics cannot be covered.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when the history cannot be read.
+    async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error>;
+
+    /// Whether the backend can serve now.
+    async fn ready(&self) -> bool;
+}
+
+/// The history position to read after, and the reset to report, for a last event id judged against
+/// `boot` (the first id this history could hold) and `last_issued` (the newest id made so far).
+pub(crate) fn judge_last_id(
+    last: LastEventId,
+    history_start: EventId,
+    last_issued: Option<EventId>,
+    topics: &[Topic],
+) -> (EventId, Option<Reset>) {
+    let everything = |reason| (EventId::ZERO, Some(Reset { topics: topics.to_vec(), reason }));
+    match last {
+        LastEventId::Malformed => everything("malformed_id"),
+        LastEventId::Id(id) if last_issued.is_none_or(|newest| id > newest) => everything("unknown_id"),
+        LastEventId::Id(id) if id < history_start => everything("history_lost"),
+        LastEventId::Id(id) => (id, None),
+    }
+}

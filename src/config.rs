@@ -1,0 +1,157 @@
+//! Command line and environment configuration (`herald --help`).
+//!
+//! Every flag also reads `HERALD_<FLAG>`; precedence is flag, then environment, then default.
+//! Cross-field rules are checked once, at start-up, by [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Herald: real-time notifications over Server-Sent Events, with resumable history.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Config {
+    /// What to do (only `serve`, the default).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address and port to serve on (port 0 picks a free port, which is logged).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Use Redis as the backend (redis://host:port[/db]); without it, the in-memory backend.
+    #[arg(long, env = "HERALD_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// Events retained per topic for resuming clients.
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub history_size: u64,
+
+    /// Seconds a stream may stay idle before a heartbeat comment is sent (fractions allowed).
+    #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15", value_parser = parse_secs, global = true)]
+    pub heartbeat: Duration,
+
+    /// The `retry:` reconnection hint sent to clients, in milliseconds.
+    #[arg(long, env = "HERALD_RETRY", default_value_t = 3000, global = true)]
+    pub retry: u64,
+
+    /// Topics per subscription (after duplicates are merged) and per published event.
+    #[arg(long, env = "HERALD_MAX_TOPICS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_topics: u64,
+
+    /// Largest event data, in bytes.
+    #[arg(long, env = "HERALD_MAX_EVENT_SIZE", default_value_t = 65536, global = true)]
+    pub max_event_size: usize,
+
+    /// Largest `/publish` request body, in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY_SIZE", default_value_t = 1_048_576, global = true)]
+    pub max_body_size: usize,
+
+    /// Event streams open at once; default: the open-files limit less a reserve for other sockets.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// Events queued per connection before it counts as lagging (it is then caught up from history,
+    /// or closed so that it resumes with its last id).
+    #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub queue_size: u64,
+
+    /// Allow open mode (no authentication) on a non-loopback address.
+    #[arg(long, env = "HERALD_ALLOW_OPEN", global = true)]
+    pub allow_open: bool,
+
+    /// Allowed browser origins for CORS (repeatable; `*` for any).
+    #[arg(long, env = "HERALD_CORS_ORIGIN", value_delimiter = ',', global = true)]
+    pub cors_origin: Vec<String>,
+
+    /// Seconds given to open streams and in-flight publishes at shutdown.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_secs, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Serve,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why a configuration cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Open mode on an address other hosts can reach, without `--allow-open`.
+    #[error(
+        "refusing to serve without authentication on non-loopback address {0}: \
+         pass --allow-open (HERALD_ALLOW_OPEN=true) to allow open mode there"
+    )]
+    OpenOnPublicAddress(SocketAddr),
+    /// The Redis backend is not built yet.
+    #[error("the redis backend is not available in this version; omit --redis-url to use the memory backend")]
+    RedisUnavailable,
+    /// A limit that makes no sense with another.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
+        return Err(format!("{s:?}: seconds must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Streams kept free of `--max-connections` when it is derived from the open-files limit: the listener,
+/// publishers, metrics scrapes and backend connections need descriptors too.
+const FD_RESERVE: u64 = 100;
+
+impl Config {
+    /// Checks cross-field rules.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] saying what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.ip().is_loopback() && !self.allow_open {
+            return Err(ConfigError::OpenOnPublicAddress(self.listen));
+        }
+        if self.redis_url.is_some() {
+            return Err(ConfigError::RedisUnavailable);
+        }
+        if self.max_event_size == 0 || self.max_body_size == 0 {
+            return Err(ConfigError::Invalid("--max-event-size and --max-body-size must be positive".into()));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid("--max-connections must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether authentication is on (not yet: Herald runs open).
+    pub fn auth_enabled(&self) -> bool {
+        false
+    }
+
+    /// The stream limit: `--max-connections`, or the open-files limit (raised to its hard maximum
+    /// first) less a reserve.
+    pub fn effective_max_connections(&self) -> usize {
+        if let Some(n) = self.max_connections {
+            return n;
+        }
+        let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+        usize::try_from(limit.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX)
+    }
+}

@@ -1,0 +1,136 @@
+//! The one error type of request handling, and its one mapping to HTTP statuses and JSON bodies.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::http::body::ResponseBody;
+
+/// Everything a request can fail with. [`Error::into_response`] is the only place that turns an error
+/// into HTTP: the status, a stable snake_case `code` and a message meant for humans.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No topic was given.
+    #[error("at least one topic is required")]
+    NoTopic,
+    /// A topic is empty, too long or has a forbidden character.
+    #[error("bad topic {0:?}: a topic is 1 to 256 bytes of printable ASCII other than space , * ? #")]
+    BadTopic(String),
+    /// More distinct topics than allowed.
+    #[error("{count} topics given, at most {max} allowed")]
+    TooManyTopics {
+        /// Distinct topics in the request.
+        count: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The request body could not be read as the content type says.
+    #[error("malformed request body: {0}")]
+    BadRequest(String),
+    /// The event type is not allowed.
+    #[error("bad event type {0:?}: 1 to 64 bytes of A-Z a-z 0-9 . _ : - not starting with \"herald.\"")]
+    BadType(String),
+    /// `data` is missing or null.
+    #[error("data is required (null counts as missing)")]
+    MissingData,
+    /// The event's data is over `--max-event-size`.
+    #[error("event data is {size} bytes, over the limit of {max}")]
+    EventTooLarge {
+        /// Size of the data.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The request body is over `--max-body-size`.
+    #[error("request body is over the limit of {max} bytes")]
+    BodyTooLarge {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// `/publish` got a content type other than JSON or a form.
+    #[error("content type must be application/json or application/x-www-form-urlencoded")]
+    UnsupportedMediaType,
+    /// The method is not served on this path.
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// Nothing is served at this path.
+    #[error("not found")]
+    NotFound,
+    /// The server is draining before exit.
+    #[error("the server is shutting down; reconnect to another node")]
+    ShuttingDown,
+    /// `--max-connections` streams are open.
+    #[error("too many open streams on this node; retry later")]
+    TooManyConnections,
+    /// The backend cannot be reached; nothing was done.
+    #[error("the backend is unavailable; retry later")]
+    BackendUnavailable(String),
+}
+
+impl Error {
+    /// The HTTP status API.md gives for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NoTopic
+            | Error::BadTopic(_)
+            | Error::TooManyTopics { .. }
+            | Error::BadRequest(_)
+            | Error::BadType(_)
+            | Error::MissingData => StatusCode::BAD_REQUEST,
+            Error::EventTooLarge { .. } | Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::ShuttingDown | Error::TooManyConnections | Error::BackendUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The stable machine-readable code sent in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NoTopic => "no_topic",
+            Error::BadTopic(_) => "bad_topic",
+            Error::TooManyTopics { .. } => "too_many_topics",
+            Error::BadRequest(_) => "bad_request",
+            Error::BadType(_) => "bad_type",
+            Error::MissingData => "missing_data",
+            Error::EventTooLarge { .. } => "event_too_large",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::NotFound => "not_found",
+            Error::ShuttingDown => "shutting_down",
+            Error::TooManyConnections => "too_many_connections",
+            Error::BackendUnavailable(_) => "backend_unavailable",
+        }
+    }
+
+    /// Turns the error into the response API.md describes: `{"error":{"code":…,"message":…}}`.
+    ///
+    /// Backend details are logged here and never sent to the client.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        if let Error::BackendUnavailable(cause) = &self {
+            tracing::warn!(%cause, "backend unavailable");
+        }
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut response = Response::new(ResponseBody::full(body.to_string()));
+        let status = self.status();
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Error::MethodNotAllowed { allow } = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Result with Herald's request [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

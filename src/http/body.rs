@@ -1,0 +1,300 @@
+//! Response bodies: small fixed bodies, and the never-ending event stream of `GET /events`.
+//!
+//! [`EventStream`] is a hand-written `http_body::Body` rather than an `async` stream: it is the state of
+//! every open connection, so it is kept small, and polling it does no more than drain the mailbox. It
+//! ends by itself when the hub closes at shutdown (an SSE body never ends otherwise, and hyper's graceful
+//! shutdown would wait for it forever: hyper#2787).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::backend::{Backend, Replay};
+use crate::error::Error;
+use crate::hub::{Drained, Registration};
+use crate::id::{EventId, LastEventId};
+use crate::metrics::Metrics;
+use crate::sse::{self, Event};
+
+/// Events written together in one frame when several are waiting.
+const MAX_BATCH_EVENTS: usize = 64;
+/// Frames are not grown past this many bytes by batching.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// The body of any Herald response.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// A complete body (possibly empty).
+    Full(Option<Bytes>),
+    /// An event stream.
+    Stream(Box<EventStream>),
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Stream(stream) => stream.poll_next_chunk(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ResponseBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Holds one slot of the node's stream limit and keeps `herald_connections_open` true.
+#[derive(Debug)]
+pub struct StreamPermit {
+    metrics: Arc<Metrics>,
+}
+
+impl StreamPermit {
+    /// Takes a slot if fewer than `max` streams are open.
+    ///
+    /// # Errors
+    /// [`Error::TooManyConnections`] at the limit.
+    pub fn acquire(metrics: &Arc<Metrics>, max: usize) -> Result<Self, Error> {
+        let before = metrics.connections_open.fetch_add(1, Relaxed);
+        let permit = StreamPermit { metrics: metrics.clone() };
+        if before >= max as u64 {
+            return Err(Error::TooManyConnections);
+        }
+        Ok(permit)
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+type CatchUp = Pin<Box<dyn Future<Output = Result<Replay, Error>> + Send>>;
+
+enum Phase {
+    /// Replayed events still to write, in id order.
+    Replay(std::vec::IntoIter<Arc<Event>>),
+    /// Live events from the mailbox.
+    Live,
+    /// The mailbox overflowed; history is being read from the last id sent.
+    CatchUp(CatchUp),
+    /// Nothing more will be written.
+    Done,
+}
+
+impl std::fmt::Debug for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Replay(_) => "Replay",
+            Phase::Live => "Live",
+            Phase::CatchUp(_) => "CatchUp",
+            Phase::Done => "Done",
+        })
+    }
+}
+
+/// Everything an event stream needs besides its registration.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// The backend, for catching up a lagging connection.
+    pub backend: Arc<dyn Backend>,
+    /// Node counters.
+    pub metrics: Arc<Metrics>,
+    /// Idle time before a heartbeat.
+    pub heartbeat: Duration,
+}
+
+/// One open `GET /events` stream: the opening bytes, then replay, then live events and heartbeats.
+#[derive(Debug)]
+pub struct EventStream {
+    settings: StreamSettings,
+    registration: Registration,
+    /// Bytes to write before anything else (preamble and any `herald.reset`).
+    head: Option<Bytes>,
+    phase: Phase,
+    /// The id of the newest event written; anything not newer is a duplicate.
+    last_sent: EventId,
+    heartbeat: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    batch: Vec<Arc<Event>>,
+    _permit: StreamPermit,
+}
+
+impl EventStream {
+    /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order)
+    /// follows, then live events newer than both `last_sent` and the replay.
+    pub fn new(
+        settings: StreamSettings,
+        registration: Registration,
+        permit: StreamPermit,
+        head: Bytes,
+        replay: Vec<Arc<Event>>,
+        last_sent: EventId,
+    ) -> Self {
+        let now = Instant::now();
+        EventStream {
+            heartbeat: Box::pin(tokio::time::sleep_until(now + settings.heartbeat)),
+            settings,
+            registration,
+            head: Some(head),
+            phase: Phase::Replay(replay.into_iter()),
+            last_sent,
+            last_activity: now,
+            batch: Vec::new(),
+            _permit: permit,
+        }
+    }
+
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(self.written(head, 0)));
+        }
+        loop {
+            if !self.batch.is_empty() {
+                if let Some(chunk) = self.encode_batch() {
+                    return Poll::Ready(Some(chunk));
+                }
+            }
+            match &mut self.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Replay(events) => {
+                    self.batch.extend(events.by_ref().take(MAX_BATCH_EVENTS));
+                    if self.batch.is_empty() {
+                        self.phase = Phase::Live;
+                        continue;
+                    }
+                    if let Some(chunk) = self.encode_batch() {
+                        return Poll::Ready(Some(chunk));
+                    }
+                }
+                Phase::CatchUp(future) => {
+                    let result = ready!(future.as_mut().poll(cx));
+                    match result {
+                        Ok(Replay { events, reset: None }) => {
+                            Metrics::inc(&self.settings.metrics.lagging_caught_up);
+                            self.phase = Phase::Replay(events.into_iter());
+                        }
+                        Ok(Replay { reset: Some(_), .. }) | Err(_) => {
+                            // History cannot cover this connection: close it; the client resumes with its
+                            // last id and is told what it lost.
+                            Metrics::inc(&self.settings.metrics.lagging_dropped);
+                            self.phase = Phase::Done;
+                        }
+                    }
+                }
+                Phase::Live => {
+                    let mailbox = self.registration.mailbox();
+                    match mailbox.poll_drain(cx, &mut self.batch, MAX_BATCH_EVENTS) {
+                        Poll::Ready(Drained::Events) => {
+                            if let Some(chunk) = self.encode_batch() {
+                                return Poll::Ready(Some(chunk));
+                            }
+                        }
+                        Poll::Ready(Drained::Lagged) => {
+                            mailbox.clear_lag();
+                            let backend = self.settings.backend.clone();
+                            let topics = self.registration.topics().to_vec();
+                            let last = LastEventId::Id(self.last_sent);
+                            self.phase = Phase::CatchUp(Box::pin(async move { backend.replay(&topics, last).await }));
+                        }
+                        Poll::Ready(Drained::Closed) => {
+                            self.phase = Phase::Done;
+                        }
+                        Poll::Pending => return self.poll_heartbeat(cx),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes the waiting batch into one chunk, dropping events already sent; `None` when all were
+    /// duplicates. Stops at [`MAX_BATCH_BYTES`]; what is left goes first next time.
+    fn encode_batch(&mut self) -> Option<Bytes> {
+        let mut count = 0;
+        let mut consumed = 0;
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        for event in &self.batch {
+            consumed += 1;
+            if event.id <= self.last_sent {
+                continue;
+            }
+            self.last_sent = event.id;
+            count += 1;
+            match &first {
+                None => first = Some(event.frame.clone()),
+                Some(first) => {
+                    if joined.is_empty() {
+                        joined.extend_from_slice(first);
+                    }
+                    joined.extend_from_slice(&event.frame);
+                }
+            }
+            if first.as_ref().map_or(0, Bytes::len).max(joined.len()) >= MAX_BATCH_BYTES {
+                break;
+            }
+        }
+        self.batch.drain(..consumed);
+        let chunk = if count > 1 { joined.freeze() } else { first? };
+        Some(self.written(chunk, count))
+    }
+
+    fn written(&mut self, chunk: Bytes, events: u64) -> Bytes {
+        let metrics = &self.settings.metrics;
+        if events > 0 {
+            metrics.events_delivered.fetch_add(events, Relaxed);
+        }
+        metrics.bytes_written.fetch_add(chunk.len() as u64, Relaxed);
+        self.last_activity = Instant::now();
+        chunk
+    }
+
+    /// Sends a comment when the stream has been idle for the heartbeat interval. The timer is not reset
+    /// on every write (that would cost a timer update per event); when it fires early it is re-armed
+    /// from the last write.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        loop {
+            ready!(self.heartbeat.as_mut().poll(cx));
+            let due = self.last_activity + self.settings.heartbeat;
+            let now = Instant::now();
+            if now >= due {
+                Metrics::inc(&self.settings.metrics.heartbeats);
+                self.heartbeat.as_mut().reset(now + self.settings.heartbeat);
+                return Poll::Ready(Some(self.written(Bytes::from_static(sse::HEARTBEAT), 0)));
+            }
+            self.heartbeat.as_mut().reset(due);
+        }
+    }
+}

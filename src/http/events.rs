@@ -1,0 +1,134 @@
+//! `GET /events`: parse the request, subscribe (live first), read history, and start the stream.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::body::{EventStream, StreamPermit, StreamSettings};
+use super::{require_method, AppState, ResponseBody};
+use crate::error::Error;
+use crate::id::{EventId, LastEventId};
+use crate::metrics::Metrics;
+use crate::sse;
+use crate::topic::{parse_topic_lists, Topic};
+
+/// What a subscription asks for.
+#[derive(Debug, PartialEq)]
+pub(crate) struct SubscribeQuery {
+    pub(crate) topics: Vec<Topic>,
+    pub(crate) last_event_id: Option<LastEventId>,
+}
+
+/// Reads `topics` (repeatable, comma-separated) and the last event id: the `Last-Event-ID` header wins
+/// over the `lastEventId` query parameter; an empty value counts as absent.
+pub(crate) fn parse_query(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    max_topics: usize,
+) -> Result<SubscribeQuery, Error> {
+    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+        query.map(|q| form_urlencoded::parse(q.as_bytes()).collect()).unwrap_or_default();
+    let topics = parse_topic_lists(pairs.iter().filter(|(k, _)| k == "topics").map(|(_, v)| v.clone()), max_topics)?;
+    let from_header = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .filter(|v| !v.trim().is_empty());
+    let from_query =
+        pairs.iter().rev().find(|(k, v)| k == "lastEventId" && !v.trim().is_empty()).map(|(_, v)| v.to_string());
+    let last_event_id = from_header.or(from_query).map(|v| LastEventId::parse(&v));
+    Ok(SubscribeQuery { topics, last_event_id })
+}
+
+/// Handles `GET /events`. The response is returned (and its head sent) only once the subscription is
+/// live, so any event published after the client sees the head reaches it.
+pub(super) async fn subscribe(state: &AppState, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    require_method(&req, &[Method::GET], "GET")?;
+    let query = parse_query(req.uri().query(), req.headers(), state.limits.max_topics)?;
+    if state.is_draining() {
+        return Err(Error::ShuttingDown);
+    }
+    let permit = StreamPermit::acquire(&state.metrics, state.limits.max_connections)?;
+    // Live before history: whatever is published from here on lands in the mailbox.
+    let registration = state.backend.subscribe(&query.topics).await?;
+
+    let mut head = BytesMut::from(&sse::preamble(state.limits.retry_ms)[..]);
+    let mut replay = Vec::new();
+    let mut last_sent = EventId::ZERO;
+    if let Some(last) = query.last_event_id {
+        Metrics::inc(&state.metrics.replays);
+        let found = state.backend.replay(&query.topics, last).await?;
+        if let Some(reset) = &found.reset {
+            Metrics::inc(&state.metrics.resets);
+            head.extend_from_slice(&sse::reset_event(&reset.topics, reset.reason));
+        }
+        if let (LastEventId::Id(id), None) = (last, &found.reset) {
+            last_sent = id;
+        }
+        replay = found.events;
+    }
+    tracing::debug!(topics = ?query.topics, replayed = replay.len(), "stream opened");
+    let settings = StreamSettings {
+        backend: state.backend.clone(),
+        metrics: state.metrics.clone(),
+        heartbeat: state.limits.heartbeat,
+    };
+    let stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
+
+    let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str, header: Option<&str>) -> Result<SubscribeQuery, Error> {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = header {
+            headers.insert("last-event-id", HeaderValue::from_str(h).unwrap());
+        }
+        parse_query(Some(q), &headers, 3)
+    }
+
+    fn names(q: &SubscribeQuery) -> Vec<&str> {
+        q.topics.iter().map(|t| &**t).collect()
+    }
+
+    #[test]
+    fn repeated_and_comma_separated() {
+        let q = parse("topics=a,b&topics=c&topics=a", None).unwrap();
+        assert_eq!(names(&q), ["a", "b", "c"]);
+        assert_eq!(q.last_event_id, None);
+    }
+
+    #[test]
+    fn percent_encoded_topics() {
+        let q = parse("topics=https%3A%2F%2Fexample.com%2Fbooks%2F1%2Cdoc%2F42", None).unwrap();
+        assert_eq!(names(&q), ["https://example.com/books/1", "doc/42"]);
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        let q = parse("topics=a&lastEventId=1-1", Some("2-2")).unwrap();
+        assert_eq!(q.last_event_id, Some(LastEventId::Id(EventId::new(2, 2))));
+        let q = parse("topics=a&lastEventId=1-1", None).unwrap();
+        assert_eq!(q.last_event_id, Some(LastEventId::Id(EventId::new(1, 1))));
+        let q = parse("topics=a&lastEventId=nonsense", None).unwrap();
+        assert_eq!(q.last_event_id, Some(LastEventId::Malformed));
+        let q = parse("topics=a&lastEventId=1-1", Some("")).unwrap();
+        assert_eq!(q.last_event_id, Some(LastEventId::Id(EventId::new(1, 1))));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(parse("", None), Err(Error::NoTopic)));
+        assert!(matches!(parse("topics=a%20b", None), Err(Error::BadTopic(_))));
+        assert!(matches!(parse("topics=a,b,c,d", None), Err(Error::TooManyTopics { .. })));
+    }
+}

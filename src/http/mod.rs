@@ -1,0 +1,124 @@
+//! The HTTP layer: one tower service routing Herald's endpoints.
+//!
+//! Handlers return `Result<Response, Error>`; [`Error::into_response`] is the only place errors become
+//! HTTP. Everything here talks to the backend through the [`Backend`] trait only.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+
+/// Methods of the read-only endpoints.
+const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
+use hyper::body::Incoming;
+
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+pub mod body;
+mod events;
+mod ops;
+mod publish;
+
+pub use body::ResponseBody;
+
+/// Limits and settings the handlers need, taken from the configuration once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Topics per subscription or event.
+    pub max_topics: usize,
+    /// Largest event data.
+    pub max_event_size: usize,
+    /// Largest `/publish` body.
+    pub max_body_size: usize,
+    /// Streams open at once.
+    pub max_connections: usize,
+    /// Idle time before a heartbeat.
+    pub heartbeat: Duration,
+    /// The `retry:` hint, in milliseconds.
+    pub retry_ms: u64,
+}
+
+/// State shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// Where events are published, stored and fanned out.
+    pub backend: Arc<dyn Backend>,
+    /// Node counters.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: Limits,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Makes the shared state.
+    pub fn new(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        AppState { backend, metrics, limits, draining: AtomicBool::new(false) }
+    }
+
+    /// Starts draining: `/readyz` answers 503, new streams are refused and open ones end.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.backend.hub().close();
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The tower service serving every Herald endpoint.
+#[derive(Debug, Clone)]
+pub struct App {
+    state: Arc<AppState>,
+}
+
+impl App {
+    /// Makes the service.
+    pub fn new(state: Arc<AppState>) -> Self {
+        App { state }
+    }
+
+    async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+        match req.uri().path() {
+            "/events" => events::subscribe(&state, req).await,
+            "/publish" => publish::publish(&state, req).await,
+            "/healthz" => ops::healthz(&req),
+            "/readyz" => ops::readyz(&state, &req).await,
+            "/metrics" => ops::metrics(&state, &req),
+            path => ops::static_file(path, &req),
+        }
+    }
+}
+
+/// Answers 405 (with `allow` as the `Allow` header) unless the method is one of `allowed`.
+pub(crate) fn require_method(req: &Request<Incoming>, allowed: &[Method], allow: &'static str) -> Result<(), Error> {
+    if allowed.contains(req.method()) {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed { allow })
+    }
+}
+
+impl tower::Service<Request<Incoming>> for App {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(App::route(state, req).await.unwrap_or_else(Error::into_response)) })
+    }
+}

@@ -1,0 +1,53 @@
+//! Operations endpoints (`/healthz`, `/readyz`, `/metrics`) and the embedded static files.
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{require_method, AppState, ResponseBody, GET_HEAD};
+use crate::error::Error;
+
+/// The demo page and browser client, compiled into the binary so that Herald runs from any directory.
+const STATIC_FILES: &[(&str, &str, &[u8])] = &[
+    ("/", "text/html; charset=utf-8", include_bytes!("../../static/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_bytes!("../../static/index.html")),
+];
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /healthz`: 200 while the process serves.
+pub(super) fn healthz(req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    require_method(req, GET_HEAD, "GET, HEAD")?;
+    Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"))
+}
+
+/// `GET /readyz`: 200 when the backend is reachable and the node is not draining.
+pub(super) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    require_method(req, GET_HEAD, "GET, HEAD")?;
+    if state.is_draining() {
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n"));
+    }
+    if !state.backend.ready().await {
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "backend unavailable\n"));
+    }
+    Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(super) fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    require_method(req, GET_HEAD, "GET, HEAD")?;
+    let body = state.metrics.render(state.backend.hub().gauges());
+    Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body))
+}
+
+/// `GET /` and the other embedded files.
+pub(super) fn static_file(path: &str, req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    let (_, content_type, body) = STATIC_FILES.iter().find(|(p, _, _)| *p == path).ok_or(Error::NotFound)?;
+    require_method(req, GET_HEAD, "GET, HEAD")?;
+    Ok(text(StatusCode::OK, content_type, *body))
+}

@@ -1,0 +1,160 @@
+//! `POST /publish`: read and validate an event (JSON or form), then hand it to the backend.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{require_method, AppState, Limits, ResponseBody};
+use crate::backend::NewEvent;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::topic::{collect_topics, validate_type};
+
+/// The accepted body formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Form,
+}
+
+/// The JSON body: `topic` and/or `topics`, optional `type`, required non-null `data`.
+#[derive(Debug, Deserialize)]
+struct JsonEvent {
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+fn format_of(req: &Request<Incoming>) -> Result<Format, Error> {
+    let value = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/x-www-form-urlencoded" => Ok(Format::Form),
+        _ => Err(Error::UnsupportedMediaType),
+    }
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Error> {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(Error::BodyTooLarge { max });
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { max }),
+        Err(e) => Err(Error::BadRequest(format!("could not read the body: {e}"))),
+    }
+}
+
+/// Parses and validates a publish body into an event.
+fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
+    let (topics, kind, data) = match format {
+        Format::Json => {
+            let parsed: JsonEvent = serde_json::from_slice(body).map_err(|e| Error::BadRequest(e.to_string()))?;
+            let data = match parsed.data {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(other) => Some(other.to_string()),
+            };
+            (parsed.topic.into_iter().chain(parsed.topics).collect::<Vec<_>>(), parsed.kind, data)
+        }
+        Format::Form => {
+            let (mut topics, mut kind, mut data) = (Vec::new(), None, None);
+            for (key, value) in form_urlencoded::parse(body) {
+                match &*key {
+                    "topic" | "topics" => topics.push(value.into_owned()),
+                    "type" => kind = Some(value.into_owned()),
+                    "data" => data = Some(value.into_owned()),
+                    _ => {}
+                }
+            }
+            (topics, kind, data)
+        }
+    };
+    let topics = collect_topics(&topics, limits.max_topics)?;
+    let kind = validate_type(kind.as_deref())?;
+    let data = data.ok_or(Error::MissingData)?;
+    if data.len() > limits.max_event_size {
+        return Err(Error::EventTooLarge { size: data.len(), max: limits.max_event_size });
+    }
+    Ok(NewEvent { topics, kind, data })
+}
+
+/// Handles `POST /publish`: `200 {"id": …}` once the event is stored and handed to live delivery.
+pub(super) async fn publish(state: &AppState, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    require_method(&req, &[Method::POST], "POST")?;
+    let format = format_of(&req)?;
+    let body = read_body(req, state.limits.max_body_size).await?;
+    let event = parse_event(format, &body, &state.limits)?;
+    let id = state.backend.publish(event).await?;
+    Metrics::inc(&state.metrics.events_published);
+    let mut response = Response::new(ResponseBody::full(serde_json::json!({ "id": id.to_string() }).to_string()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits() -> Limits {
+        Limits {
+            max_topics: 4,
+            max_event_size: 20,
+            max_body_size: 1024,
+            max_connections: 10,
+            heartbeat: Duration::from_secs(15),
+            retry_ms: 3000,
+        }
+    }
+
+    fn json(body: &str) -> Result<NewEvent, Error> {
+        parse_event(Format::Json, body.as_bytes(), &limits())
+    }
+
+    #[test]
+    fn json_data_kinds() {
+        assert_eq!(json(r#"{"topic":"a","data":"x\ny"}"#).unwrap().data, "x\ny");
+        assert_eq!(json(r#"{"topic":"a","data":{"b":1,"a":[1, 2]}}"#).unwrap().data, r#"{"b":1,"a":[1,2]}"#);
+        assert_eq!(json(r#"{"topic":"a","data":12.50}"#).unwrap().data, "12.50");
+        assert_eq!(json(r#"{"topic":"a","data":false}"#).unwrap().data, "false");
+        assert!(matches!(json(r#"{"topic":"a","data":null}"#), Err(Error::MissingData)));
+        assert!(matches!(json(r#"{"topic":"a"}"#), Err(Error::MissingData)));
+    }
+
+    #[test]
+    fn json_topics_merge() {
+        let e = json(r#"{"topic":"a","topics":["b","a"],"type":"","data":""}"#).unwrap();
+        assert_eq!(e.topics.len(), 2);
+        assert_eq!(e.kind, None);
+    }
+
+    #[test]
+    fn json_errors() {
+        assert!(matches!(json("{"), Err(Error::BadRequest(_))));
+        assert!(matches!(json(r#"{"topics":"a","data":"x"}"#), Err(Error::BadRequest(_))));
+        assert!(matches!(json(r#"{"data":"x"}"#), Err(Error::NoTopic)));
+        assert!(matches!(json(r#"{"topic":"a b","data":"x"}"#), Err(Error::BadTopic(_))));
+        assert!(matches!(json(r#"{"topic":"a","type":"herald.reset","data":"x"}"#), Err(Error::BadType(_))));
+        assert!(matches!(json(r#"{"topic":"a","data":"012345678901234567890"}"#), Err(Error::EventTooLarge { .. })));
+    }
+
+    #[test]
+    fn form() {
+        let e = parse_event(Format::Form, b"topic=a&topic=b%2Fc&type=t&data=x+y", &limits()).unwrap();
+        assert_eq!(e.topics.iter().map(|t| &**t).collect::<Vec<_>>(), ["a", "b/c"]);
+        assert_eq!(e.kind.as_deref(), Some("t"));
+        assert_eq!(e.data, "x y");
+        assert!(matches!(parse_event(Format::Form, b"topic=a", &limits()), Err(Error::MissingData)));
+    }
+}

@@ -1,0 +1,105 @@
+//! Counters and gauges, rendered as Prometheus text at `GET /metrics`.
+//!
+//! Plain atomics: a delivery costs one relaxed add, and rendering reads them without locks (the hub's
+//! gauges are read under its lock, once per scrape).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Node-wide counters. Every field is monotonic except `connections_open`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Event streams open now.
+    pub connections_open: AtomicU64,
+    /// Events accepted by `POST /publish` on this node.
+    pub events_published: AtomicU64,
+    /// Events written to streams (one per event per connection).
+    pub events_delivered: AtomicU64,
+    /// Bytes of SSE written to streams.
+    pub bytes_written: AtomicU64,
+    /// Streams that started from a last event id.
+    pub replays: AtomicU64,
+    /// `herald.reset` events sent.
+    pub resets: AtomicU64,
+    /// Times a connection's queue overflowed.
+    pub lagged: AtomicU64,
+    /// Lagging connections brought back up to date from history.
+    pub lagging_caught_up: AtomicU64,
+    /// Lagging connections closed (history could not cover them); they resume with their last id.
+    pub lagging_dropped: AtomicU64,
+    /// Heartbeat comments sent.
+    pub heartbeats: AtomicU64,
+    /// Reconnections of the backend's live feed.
+    pub backend_reconnects: AtomicU64,
+}
+
+/// Gauges owned by the hub, sampled at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HubGauges {
+    /// Topics with at least one local subscriber.
+    pub topics_active: usize,
+    /// Connection-topic pairs.
+    pub subscriptions_active: usize,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self, hub: HubGauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, c: &AtomicU64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", c.load(Relaxed));
+        };
+        gauge(&mut out, "herald_connections_open", "Event streams open now.", self.connections_open.load(Relaxed));
+        gauge(
+            &mut out,
+            "herald_topics_active",
+            "Topics with at least one subscriber on this node.",
+            hub.topics_active as u64,
+        );
+        gauge(
+            &mut out,
+            "herald_subscriptions_active",
+            "Subscriptions (connection and topic pairs) on this node.",
+            hub.subscriptions_active as u64,
+        );
+        counter(
+            &mut out,
+            "herald_events_published_total",
+            "Events published through this node.",
+            &self.events_published,
+        );
+        counter(&mut out, "herald_events_delivered_total", "Events written to streams.", &self.events_delivered);
+        counter(&mut out, "herald_bytes_written_total", "Bytes of event stream written.", &self.bytes_written);
+        counter(&mut out, "herald_replays_total", "Streams that resumed from a last event id.", &self.replays);
+        counter(&mut out, "herald_resets_total", "herald.reset events sent.", &self.resets);
+        counter(&mut out, "herald_lagged_total", "Times a connection's queue overflowed.", &self.lagged);
+        counter(
+            &mut out,
+            "herald_lagging_caught_up_total",
+            "Lagging connections caught up from history.",
+            &self.lagging_caught_up,
+        );
+        counter(
+            &mut out,
+            "herald_lagging_dropped_total",
+            "Lagging connections closed so that they resume with their last id.",
+            &self.lagging_dropped,
+        );
+        counter(&mut out, "herald_heartbeats_total", "Heartbeat comments sent.", &self.heartbeats);
+        counter(
+            &mut out,
+            "herald_backend_reconnects_total",
+            "Reconnections of the backend's live feed.",
+            &self.backend_reconnects,
+        );
+        out
+    }
+}
