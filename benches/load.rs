@@ -1,0 +1,3 @@
+//! Load generator (placeholder until it lands).
+
+fn main() {}
