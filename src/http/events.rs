@@ -4,7 +4,6 @@ use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
-use hyper::body::Incoming;
 
 use super::body::{EventStream, StreamPermit, StreamSettings};
 use super::{require_method, AppState, ResponseBody};
@@ -43,8 +42,8 @@ pub(crate) fn parse_query(
 
 /// Handles `GET /events`. The response is returned (and its head sent) only once the subscription is
 /// live, so any event published after the client sees the head reaches it.
-pub(super) async fn subscribe(state: &AppState, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
-    require_method(&req, &[Method::GET], "GET")?;
+pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
+    require_method(req.method(), &[Method::GET], "GET")?;
     let query = parse_query(req.uri().query(), req.headers(), state.limits.max_topics)?;
     if state.is_draining() {
         return Err(Error::ShuttingDown);

@@ -15,7 +15,6 @@ use http::{Method, Request, Response};
 
 /// Methods of the read-only endpoints.
 const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
-use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::error::Error;
@@ -87,12 +86,12 @@ impl App {
         App { state }
     }
 
-    async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+    async fn route<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
         match req.uri().path() {
             "/events" => events::subscribe(&state, req).await,
             "/publish" => publish::publish(&state, req).await,
             "/healthz" => ops::healthz(&req),
-            "/readyz" => ops::readyz(&state, &req).await,
+            "/readyz" => ops::readyz(&state, req.method()).await,
             "/metrics" => ops::metrics(&state, &req),
             path => ops::static_file(path, &req),
         }
@@ -100,15 +99,27 @@ impl App {
 }
 
 /// Answers 405 (with `allow` as the `Allow` header) unless the method is one of `allowed`.
-pub(crate) fn require_method(req: &Request<Incoming>, allowed: &[Method], allow: &'static str) -> Result<(), Error> {
-    if allowed.contains(req.method()) {
+pub(crate) fn require_method(method: &Method, allowed: &[Method], allow: &'static str) -> Result<(), Error> {
+    if allowed.contains(method) {
         Ok(())
     } else {
         Err(Error::MethodNotAllowed { allow })
     }
 }
 
-impl tower::Service<Request<Incoming>> for App {
+/// A request body the service can read: hyper's `Incoming`, or an empty body for requests taken by the
+/// event-stream front (see `server::front`).
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B: RequestBody> tower::Service<Request<B>> for App {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -117,7 +128,7 @@ impl tower::Service<Request<Incoming>> for App {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move { Ok(App::route(state, req).await.unwrap_or_else(Error::into_response)) })
     }

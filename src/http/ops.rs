@@ -1,7 +1,6 @@
 //! Operations endpoints (`/healthz`, `/readyz`, `/metrics`) and the embedded static files.
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::{require_method, AppState, ResponseBody, GET_HEAD};
 use crate::error::Error;
@@ -21,14 +20,14 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::B
 }
 
 /// `GET /healthz`: 200 while the process serves.
-pub(super) fn healthz(req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
-    require_method(req, GET_HEAD, "GET, HEAD")?;
+pub(super) fn healthz<B>(req: &Request<B>) -> Result<Response<ResponseBody>, Error> {
+    require_method(req.method(), GET_HEAD, "GET, HEAD")?;
     Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"))
 }
 
 /// `GET /readyz`: 200 when the backend is reachable and the node is not draining.
-pub(super) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
-    require_method(req, GET_HEAD, "GET, HEAD")?;
+pub(super) async fn readyz(state: &AppState, method: &Method) -> Result<Response<ResponseBody>, Error> {
+    require_method(method, GET_HEAD, "GET, HEAD")?;
     if state.is_draining() {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n"));
     }
@@ -39,15 +38,15 @@ pub(super) async fn readyz(state: &AppState, req: &Request<Incoming>) -> Result<
 }
 
 /// `GET /metrics`: Prometheus text.
-pub(super) fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
-    require_method(req, GET_HEAD, "GET, HEAD")?;
+pub(super) fn metrics<B>(state: &AppState, req: &Request<B>) -> Result<Response<ResponseBody>, Error> {
+    require_method(req.method(), GET_HEAD, "GET, HEAD")?;
     let body = state.metrics.render(state.backend.hub().gauges());
     Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body))
 }
 
 /// `GET /` and the other embedded files.
-pub(super) fn static_file(path: &str, req: &Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
+pub(super) fn static_file<B>(path: &str, req: &Request<B>) -> Result<Response<ResponseBody>, Error> {
     let (_, content_type, body) = STATIC_FILES.iter().find(|(p, _, _)| *p == path).ok_or(Error::NotFound)?;
-    require_method(req, GET_HEAD, "GET, HEAD")?;
+    require_method(req.method(), GET_HEAD, "GET, HEAD")?;
     Ok(text(StatusCode::OK, content_type, *body))
 }

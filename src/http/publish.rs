@@ -3,10 +3,9 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{require_method, AppState, Limits, ResponseBody};
+use super::{require_method, AppState, Limits, RequestBody, ResponseBody};
 use crate::backend::NewEvent;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -32,7 +31,7 @@ struct JsonEvent {
     data: Option<serde_json::Value>,
 }
 
-fn format_of(req: &Request<Incoming>) -> Result<Format, Error> {
+fn format_of<B>(req: &Request<B>) -> Result<Format, Error> {
     let value = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
@@ -42,7 +41,7 @@ fn format_of(req: &Request<Incoming>) -> Result<Format, Error> {
     }
 }
 
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Error> {
+async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Bytes, Error> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
@@ -90,8 +89,11 @@ fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent,
 }
 
 /// Handles `POST /publish`: `200 {"id": …}` once the event is stored and handed to live delivery.
-pub(super) async fn publish(state: &AppState, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
-    require_method(&req, &[Method::POST], "POST")?;
+pub(super) async fn publish<B: RequestBody>(
+    state: &AppState,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, Error> {
+    require_method(req.method(), &[Method::POST], "POST")?;
     let format = format_of(&req)?;
     let body = read_body(req, state.limits.max_body_size).await?;
     let event = parse_event(format, &body, &state.limits)?;

@@ -8,6 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod front;
+mod rewind;
+
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -17,6 +20,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use self::front::Sniffed;
+use self::rewind::Rewind;
 use crate::backend::{Backend, MemoryBackend};
 use crate::config::Config;
 use crate::http::{App, AppState, Limits};
@@ -89,6 +94,7 @@ pub async fn serve(
     let closing = CancellationToken::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER);
+    let http = Arc::new(http);
 
     tokio::pin!(shutdown);
     loop {
@@ -97,8 +103,8 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    let service = TowerToHyperService::new(service.clone());
-                    tracker.spawn(serve_connection(http.clone(), stream, service, closing.clone()));
+                    let task = serve_connection(http.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+                    tracker.spawn(task);
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, "accept failed");
@@ -120,18 +126,51 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection<S>(http: http1::Builder, stream: TcpStream, service: S, closing: CancellationToken)
-where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::http::ResponseBody>,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// The service every request goes to: the app, with CORS when origins are configured.
+type Service = tower::util::Either<tower_http::cors::Cors<App>, App>;
+
+/// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
+/// anything else by hyper.
+async fn serve_connection(
+    http: Arc<http1::Builder>,
+    mut stream: TcpStream,
+    service: Service,
+    closing: CancellationToken,
+    tracker: TaskTracker,
+) {
     let _ = stream.set_nodelay(true);
-    let connection = http.serve_connection(TokioIo::new(stream), service);
+    // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
+    let sniffed = Box::pin(async {
+        tokio::select! {
+            sniffed = front::read_head(&mut stream) => sniffed,
+            () = closing.cancelled() => Sniffed::Gone,
+        }
+    })
+    .await;
+    let prefix = match sniffed {
+        Sniffed::Events(request) => {
+            // The stream continues in a task of its own whose future is only the small pump, not this
+            // function's larger state.
+            if let Some(ready) = front::respond(request, service).await {
+                tracker.spawn(front::stream(stream, ready));
+            }
+            return;
+        }
+        Sniffed::Other(prefix) => prefix,
+        Sniffed::Gone => return,
+    };
+    // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
+    // event streams included.
+    Box::pin(serve_with_hyper(http, Rewind::new(prefix, stream), service, closing)).await;
+}
+
+async fn serve_with_hyper(
+    http: Arc<http1::Builder>,
+    io: Rewind<TcpStream>,
+    service: Service,
+    closing: CancellationToken,
+) {
+    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -142,5 +181,44 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(cause = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    /// The long-lived state of every open event stream is its task's future plus the boxed
+    /// `EventStream`; with tens of thousands of idle clients, these sizes are the node's memory. This
+    /// fails when they grow, so that growth is a decision, not an accident.
+    #[tokio::test]
+    async fn per_stream_state_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let config = <Config as clap::Parser>::parse_from(["herald"]);
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits {
+            max_topics: 4,
+            max_event_size: 16,
+            max_body_size: 16,
+            max_connections: 4,
+            heartbeat: Duration::from_secs(15),
+            retry_ms: 3000,
+        };
+        let state = Arc::new(AppState::new(build_backend(&config, &metrics), metrics, limits));
+        let service: Service = ServiceBuilder::new().option_layer(cors_layer(&[])).service(App::new(state));
+        let request = http::Request::get("/events?topics=a").body(Empty::<Bytes>::new()).expect("request");
+        let ready = front::respond(request, service).await.expect("response");
+        let task = front::stream(stream, ready);
+        let sizes = [
+            ("stream task future", std::mem::size_of_val(&task), 640),
+            ("EventStream", std::mem::size_of::<crate::http::body::EventStream>(), 256),
+            ("Mailbox", std::mem::size_of::<crate::hub::Mailbox>(), 64),
+        ];
+        for (what, size, limit) in sizes {
+            assert!(size <= limit, "{what} is {size} bytes, over {limit}");
+        }
     }
 }
