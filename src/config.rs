@@ -57,6 +57,18 @@ pub struct Config {
     #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub queue_size: u64,
 
+    /// Turn authentication on with an HS256 shared secret (not available yet: refused at start-up).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Turn authentication on with an RS256/ES256 public key file (not available yet: refused at start-up).
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", global = true)]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Topics anyone may subscribe to without a token (repeatable; a topic, a prefix ending in `*`, or `*`).
+    #[arg(long, env = "HERALD_PUBLIC_TOPIC", value_delimiter = ',', global = true)]
+    pub public_topic: Vec<String>,
+
     /// Allow open mode (no authentication) on a non-loopback address.
     #[arg(long, env = "HERALD_ALLOW_OPEN", global = true)]
     pub allow_open: bool,
@@ -99,6 +111,12 @@ pub enum ConfigError {
          pass --allow-open (HERALD_ALLOW_OPEN=true) to allow open mode there"
     )]
     OpenOnPublicAddress(SocketAddr),
+    /// Authentication is not built yet; serving open instead would be a surprise.
+    #[error(
+        "authentication (--jwt-secret, --jwt-public-key, --public-topic) is not available in this version; \
+         refusing to start rather than serve open"
+    )]
+    AuthUnavailable,
     /// The Redis backend is not built yet.
     #[error("the redis backend is not available in this version; omit --redis-url to use the memory backend")]
     RedisUnavailable,
@@ -127,6 +145,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.listen.ip().is_loopback() && !self.allow_open {
             return Err(ConfigError::OpenOnPublicAddress(self.listen));
+        }
+        if self.jwt_secret.is_some() || self.jwt_public_key.is_some() || !self.public_topic.is_empty() {
+            return Err(ConfigError::AuthUnavailable);
         }
         if self.redis_url.is_some() {
             return Err(ConfigError::RedisUnavailable);

@@ -58,7 +58,13 @@ async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Bytes,
 fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
     let (topics, kind, data) = match format {
         Format::Json => {
-            let parsed: JsonEvent = serde_json::from_slice(body).map_err(|e| Error::BadRequest(e.to_string()))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| Error::BadRequest(e.to_string()))?;
+            // serde would also fill the struct from an array, by position; the contract's body is an object.
+            if !value.is_object() {
+                return Err(Error::BadRequest("the body must be a JSON object".into()));
+            }
+            let parsed = JsonEvent::deserialize(value).map_err(|e| Error::BadRequest(e.to_string()))?;
             let data = match parsed.data {
                 None | Some(serde_json::Value::Null) => None,
                 Some(serde_json::Value::String(s)) => Some(s),
@@ -144,6 +150,7 @@ mod tests {
     #[test]
     fn json_errors() {
         assert!(matches!(json("{"), Err(Error::BadRequest(_))));
+        assert!(matches!(json(r#"["a",["b"],"t","x"]"#), Err(Error::BadRequest(_))));
         assert!(matches!(json(r#"{"topics":"a","data":"x"}"#), Err(Error::BadRequest(_))));
         assert!(matches!(json(r#"{"data":"x"}"#), Err(Error::NoTopic)));
         assert!(matches!(json(r#"{"topic":"a b","data":"x"}"#), Err(Error::BadTopic(_))));

@@ -1,0 +1,164 @@
+//! Backpressure: a client that does not read must not hold back others nor grow the server's
+//! memory; a client that falls behind catches up, or is closed and resumes without a gap.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const EVENT_SIZE: usize = 16 * 1024;
+const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How a reader consumes its stream.
+#[derive(Clone, Copy)]
+struct ReaderPlan {
+    /// SO_RCVBUF for the reader's socket, if any.
+    recv_buffer: Option<u32>,
+    /// Sleep this long after each of the first `slow_events` events.
+    slow_delay: Duration,
+    slow_events: usize,
+}
+
+async fn connect(addr: SocketAddr, topic: &str, last: Option<&str>, plan: ReaderPlan) -> SseClient {
+    let headers: Vec<(&str, &str)> = match last {
+        Some(id) => vec![("Last-Event-ID", id)],
+        None => vec![],
+    };
+    let c = SseClient::try_connect(addr, &events_path(&[topic], ""), &headers, plan.recv_buffer)
+        .await
+        .unwrap_or_else(|e| panic!("reader connect: {e}"));
+    assert_eq!(c.status, 200, "reader connect status");
+    c
+}
+
+/// Reads `expected` events from `first` (a stream of `topic`), resuming with the last id
+/// whenever the server ends the stream (as a browser does). Returns the ids and the number of
+/// resumes.
+async fn reader(
+    addr: SocketAddr,
+    topic: String,
+    expected: usize,
+    plan: ReaderPlan,
+    first: SseClient,
+) -> (Vec<String>, usize) {
+    let mut ids: Vec<String> = Vec::with_capacity(expected);
+    let mut resumes = 0usize;
+    let mut next = Some(first);
+    'connect: while ids.len() < expected && resumes < 50 {
+        let mut c = match next.take() {
+            Some(c) => c,
+            None => connect(addr, &topic, ids.last().map(String::as_str), plan).await,
+        };
+        while ids.len() < expected {
+            match c.try_next_event(EVENT_TIMEOUT).await {
+                Ok(Some(e)) => {
+                    assert_ne!(
+                        e.event.as_deref(),
+                        Some("herald.reset"),
+                        "reader got a reset after {} events: {e:?}",
+                        ids.len()
+                    );
+                    assert_eq!(e.data.len(), EVENT_SIZE, "event data size");
+                    ids.push(e.id().to_string());
+                    if ids.len() <= plan.slow_events {
+                        tokio::time::sleep(plan.slow_delay).await;
+                    }
+                }
+                Ok(None) => panic!("reader: no event within {EVENT_TIMEOUT:?} after {} events", ids.len()),
+                Err(_end) => {
+                    resumes += 1;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    (ids, resumes)
+}
+
+fn payload(i: usize) -> String {
+    let prefix = format!("{i:08}:");
+    format!("{prefix}{}", "x".repeat(EVENT_SIZE - prefix.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_client_does_not_hold_back_readers_or_memory() {
+    const N: usize = 3000;
+    const RSS_LIMIT: u64 = 300 * 1024 * 1024;
+    let server = TestServer::start(&["--queue-size", "8"]);
+    let addr = server.addr();
+    let topic = "bp/stuck".to_string();
+
+    // Never reads; tiny receive buffer so the server's writes block early.
+    let stuck = SseClient::try_connect(addr, &events_path(&[&topic], ""), &[], Some(4096)).await.expect("stuck client");
+    assert_eq!(stuck.status, 200);
+
+    let fast = ReaderPlan { recv_buffer: None, slow_delay: Duration::ZERO, slow_events: 0 };
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        // Subscribed (head received) before the first publish.
+        let c = connect(addr, &topic, None, fast).await;
+        readers.push(tokio::spawn(reader(addr, topic.clone(), N, fast, c)));
+    }
+
+    let start = Instant::now();
+    let mut published = Vec::with_capacity(N);
+    let mut max_rss = server.rss_bytes();
+    for i in 0..N {
+        published.push(publish(addr, &[&topic], None, &payload(i)).await);
+        if i % 100 == 0 {
+            max_rss = max_rss.max(server.rss_bytes());
+        }
+    }
+    eprintln!("published {N} × 16 KiB in {:?}", start.elapsed());
+    for (n, r) in readers.into_iter().enumerate() {
+        let (ids, resumes) = r.await.expect("reader task");
+        eprintln!("reader {n}: {} events, {resumes} resumes", ids.len());
+        assert!(ids == published, "reader {n} did not receive every event in order");
+    }
+    max_rss = max_rss.max(server.rss_bytes());
+    eprintln!("max VmRSS {} MiB", max_rss / (1024 * 1024));
+    assert!(max_rss < RSS_LIMIT, "VmRSS reached {} MiB", max_rss / (1024 * 1024));
+    let m = metrics(addr).await;
+    assert!(m["herald_lagged_total"] >= 1.0, "herald_lagged_total = {}", m["herald_lagged_total"]);
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_catches_up_or_resumes_without_gap() {
+    const N: usize = 1500;
+    let server = TestServer::start(&["--queue-size", "8", "--history-size", "5000"]);
+    let addr = server.addr();
+    let topic = "bp/slow".to_string();
+    let plan = ReaderPlan { recv_buffer: Some(4096), slow_delay: Duration::from_millis(20), slow_events: 100 };
+    let c = connect(addr, &topic, None, plan).await;
+    let slow = tokio::spawn(reader(addr, topic.clone(), N, plan, c));
+    let mut published = Vec::with_capacity(N);
+    for i in 0..N {
+        published.push(publish(addr, &[&topic], None, &payload(i)).await);
+    }
+    let (ids, resumes) = slow.await.expect("reader task");
+    eprintln!("slow reader: {} events, {resumes} resumes", ids.len());
+    if ids != published {
+        let first_diff = ids.iter().zip(&published).position(|(a, b)| a != b);
+        panic!(
+            "slow reader got {} events of {} published; first difference at {first_diff:?}",
+            ids.len(),
+            published.len()
+        );
+    }
+    let m = metrics(addr).await;
+    assert!(m["herald_lagged_total"] >= 1.0, "the slow reader never counted as lagging");
+    // Whichever way the lag ended, it is counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(addr).await;
+        let outcomes = m["herald_lagging_caught_up_total"] + m["herald_lagging_dropped_total"];
+        if outcomes >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "neither lagging_caught_up nor lagging_dropped counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
