@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald::config::{Config, LogFormat};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
@@ -50,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match TcpListener::bind(config.listen).await {
+        let listener = match herald::server::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(addr = %config.listen, cause = %e, "cannot listen");

@@ -34,6 +34,22 @@ const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 /// How long to pause accepting after the process runs out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Pending connections the kernel queues before `accept`: with the default of 128, a burst of browsers
+/// reconnecting at once overflows the queue and waits for the kernel's one-second SYN retry. The kernel
+/// caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for `addr` with a backlog fit for reconnect storms.
+///
+/// # Errors
+/// The socket cannot be created or bound (address in use, not permitted).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Builds the backend the configuration asks for.
 fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Arc<dyn Backend> {
     let history = usize::try_from(config.history_size).unwrap_or(usize::MAX);
