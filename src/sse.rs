@@ -3,6 +3,10 @@
 //! Every event is turned into its SSE frame exactly once, when it enters the node, and the same
 //! [`Bytes`] is handed to every connection that receives it ("encode once, write many").
 //!
+//! The shared bytes are already framed as an HTTP/1.1 chunk (`<hex length>\r\n<frame>\r\n`), so the
+//! event-stream front writes each delivery with one `send` of one buffer; [`Chunk::payload`] is the bare
+//! frame, a cheap slice of the same bytes, for hyper and HTTP/1.0 clients.
+//!
 //! Data is split on CR, LF and CRLF into one `data:` line per line, so nothing a publisher sends can end
 //! an event early or forge an `id:`, `event:` or `retry:` field; a spec-compliant parser sees exactly the
 //! published data with line ends normalised to LF.
@@ -17,6 +21,55 @@ pub const RESET_TYPE: &str = "herald.reset";
 
 /// The comment sent on an idle stream.
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+/// [`HEARTBEAT`] as an HTTP/1.1 chunk.
+pub const HEARTBEAT_CHUNK: &[u8] = b"d\r\n: heartbeat\n\n\r\n";
+
+/// Room kept in front of a frame for its chunk-size line: 8 hex digits (frames under 4 GiB) and CRLF.
+const CHUNK_HEADER_MAX: usize = 10;
+
+/// SSE bytes framed as one HTTP/1.1 chunk.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    wire: Bytes,
+    header_len: usize,
+}
+
+impl Chunk {
+    /// The chunk as written to an HTTP/1.1 connection: size line, payload, CRLF.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// The bare SSE bytes.
+    pub fn payload(&self) -> Bytes {
+        self.wire.slice(self.header_len..self.wire.len() - 2)
+    }
+
+    /// The bare SSE bytes, borrowed.
+    pub fn payload_slice(&self) -> &[u8] {
+        &self.wire[self.header_len..self.wire.len() - 2]
+    }
+
+    /// Length of the bare SSE bytes.
+    pub fn payload_len(&self) -> usize {
+        self.wire.len() - self.header_len - 2
+    }
+}
+
+/// Builds a [`Chunk`] whose payload is written by `fill`, reserving room for the size line up front so
+/// that the payload is never copied.
+pub fn chunk_with(capacity: usize, fill: impl FnOnce(&mut BytesMut)) -> Chunk {
+    let mut buf = BytesMut::with_capacity(CHUNK_HEADER_MAX + capacity + 2);
+    buf.put_bytes(0, CHUNK_HEADER_MAX);
+    fill(&mut buf);
+    let payload_len = buf.len() - CHUNK_HEADER_MAX;
+    buf.put_slice(b"\r\n");
+    let header = format!("{payload_len:x}\r\n");
+    let start = CHUNK_HEADER_MAX - header.len();
+    buf[start..CHUNK_HEADER_MAX].copy_from_slice(header.as_bytes());
+    let _ = buf.split_to(start);
+    Chunk { wire: buf.freeze(), header_len: header.len() }
+}
 
 /// One published event, encoded and ready to be written to any number of connections.
 #[derive(Debug)]
@@ -25,15 +78,15 @@ pub struct Event {
     pub id: EventId,
     /// The topics the event was published to (one or more, distinct).
     pub topics: Box<[Topic]>,
-    /// The complete SSE frame, ending with the blank line.
-    pub frame: Bytes,
+    /// The complete SSE frame, ending with the blank line, framed as an HTTP/1.1 chunk.
+    pub chunk: Chunk,
 }
 
 impl Event {
     /// Encodes an event.
     pub fn new(id: EventId, topics: Box<[Topic]>, kind: Option<&str>, data: &str) -> Self {
-        let frame = encode(Some(&id.to_string()), kind, data);
-        Event { id, topics, frame }
+        let chunk = encode_chunk(Some(&id.to_string()), kind, data);
+        Event { id, topics, chunk }
     }
 }
 
@@ -42,10 +95,17 @@ impl Event {
 ///
 /// `id` and `kind` must not contain CR or LF; Herald makes ids itself and validates types.
 pub fn encode(id: Option<&str>, kind: Option<&str>, data: &str) -> Bytes {
+    encode_chunk(id, kind, data).payload()
+}
+
+/// [`encode`], framed as an HTTP/1.1 chunk.
+pub fn encode_chunk(id: Option<&str>, kind: Option<&str>, data: &str) -> Chunk {
     let lines = data.bytes().filter(|&b| b == b'\n' || b == b'\r').count() + 1;
-    let mut buf = BytesMut::with_capacity(
-        id.map_or(0, |i| i.len() + 5) + kind.map_or(0, |k| k.len() + 8) + data.len() + lines * 7 + 1,
-    );
+    let capacity = id.map_or(0, |i| i.len() + 5) + kind.map_or(0, |k| k.len() + 8) + data.len() + lines * 7 + 1;
+    chunk_with(capacity, |buf| write_event(buf, id, kind, data))
+}
+
+fn write_event(buf: &mut BytesMut, id: Option<&str>, kind: Option<&str>, data: &str) {
     if let Some(id) = id {
         debug_assert!(!id.contains(['\r', '\n']));
         buf.put_slice(b"id: ");
@@ -64,7 +124,6 @@ pub fn encode(id: Option<&str>, kind: Option<&str>, data: &str) -> Bytes {
         buf.put_u8(b'\n');
     }
     buf.put_u8(b'\n');
-    buf.freeze()
 }
 
 /// Splits on CRLF, lone CR and lone LF, as the SSE parser will: `"a\r\nb\rc\n"` gives `a`, `b`, `c`, ``.
@@ -176,6 +235,19 @@ mod tests {
     fn plain_event() {
         assert_eq!(&encode(Some("1-0"), None, "hi")[..], b"id: 1-0\ndata: hi\n\n");
         assert_eq!(&encode(Some("1-0"), Some("x"), "")[..], b"id: 1-0\nevent: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn chunk_framing() {
+        let chunk = encode_chunk(Some("1-0"), None, "hi");
+        assert_eq!(&chunk.wire()[..], b"12\r\nid: 1-0\ndata: hi\n\n\r\n");
+        assert_eq!(&chunk.payload()[..], b"id: 1-0\ndata: hi\n\n");
+        let big = encode_chunk(None, None, &"x".repeat(70_000));
+        let text = std::str::from_utf8(big.wire()).unwrap();
+        let (size, rest) = text.split_once("\r\n").unwrap();
+        assert_eq!(usize::from_str_radix(size, 16).unwrap(), big.payload_len());
+        assert_eq!(rest.len(), big.payload_len() + 2);
+        assert_eq!(&HEARTBEAT_CHUNK[3..HEARTBEAT_CHUNK.len() - 2], HEARTBEAT);
     }
 
     #[test]

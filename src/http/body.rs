@@ -149,6 +149,8 @@ pub struct EventStream {
     heartbeat: Pin<Box<Sleep>>,
     last_activity: Instant,
     batch: Vec<Arc<Event>>,
+    /// Whether chunks carry their HTTP/1.1 chunk framing (the event-stream front writes them as they are).
+    chunked: bool,
     _permit: StreamPermit,
 }
 
@@ -173,12 +175,24 @@ impl EventStream {
             last_sent,
             last_activity: now,
             batch: Vec::new(),
+            chunked: false,
             _permit: permit,
         }
     }
 
+    /// Makes every chunk this stream yields a complete HTTP/1.1 chunk (size line, bytes, CRLF), for a
+    /// writer that frames nothing itself.
+    pub fn use_chunked_framing(&mut self) {
+        self.chunked = true;
+    }
+
     fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(head) = self.head.take() {
+            let head = if self.chunked {
+                sse::chunk_with(head.len(), |b| b.extend_from_slice(&head)).wire().clone()
+            } else {
+                head
+            };
             return Poll::Ready(Some(self.written(head, 0)));
         }
         loop {
@@ -239,13 +253,12 @@ impl EventStream {
         }
     }
 
-    /// Encodes the waiting batch into one chunk, dropping events already sent; `None` when all were
-    /// duplicates. Stops at [`MAX_BATCH_BYTES`]; what is left goes first next time.
+    /// Encodes the waiting batch into one write, dropping events already sent; `None` when all were
+    /// duplicates. Stops at [`MAX_BATCH_BYTES`]; what is left goes first next time. A single event is
+    /// written as its shared bytes; several are copied into one buffer.
     fn encode_batch(&mut self) -> Option<Bytes> {
-        let mut count = 0;
-        let mut consumed = 0;
-        let mut first: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
+        let before = self.last_sent;
+        let (mut consumed, mut count, mut bytes) = (0, 0, 0);
         for event in &self.batch {
             consumed += 1;
             if event.id <= self.last_sent {
@@ -253,22 +266,38 @@ impl EventStream {
             }
             self.last_sent = event.id;
             count += 1;
-            match &first {
-                None => first = Some(event.frame.clone()),
-                Some(first) => {
-                    if joined.is_empty() {
-                        joined.extend_from_slice(first);
-                    }
-                    joined.extend_from_slice(&event.frame);
-                }
-            }
-            if first.as_ref().map_or(0, Bytes::len).max(joined.len()) >= MAX_BATCH_BYTES {
+            bytes += event.chunk.payload_len();
+            if bytes >= MAX_BATCH_BYTES {
                 break;
             }
         }
+        let mut fresh = {
+            let mut threshold = before;
+            self.batch[..consumed].iter().filter(move |e| {
+                let keep = e.id > threshold;
+                if keep {
+                    threshold = e.id;
+                }
+                keep
+            })
+        };
+        let chunk = match (count, self.chunked) {
+            (0, _) => None,
+            (1, true) => fresh.next().map(|e| e.chunk.wire().clone()),
+            (1, false) => fresh.next().map(|e| e.chunk.payload()),
+            (_, true) => Some(
+                sse::chunk_with(bytes, |buf| fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice())))
+                    .wire()
+                    .clone(),
+            ),
+            (_, false) => {
+                let mut buf = BytesMut::with_capacity(bytes);
+                fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice()));
+                Some(buf.freeze())
+            }
+        };
         self.batch.drain(..consumed);
-        let chunk = if count > 1 { joined.freeze() } else { first? };
-        Some(self.written(chunk, count))
+        Some(self.written(chunk?, count as u64))
     }
 
     fn written(&mut self, chunk: Bytes, events: u64) -> Bytes {
@@ -292,7 +321,8 @@ impl EventStream {
             if now >= due {
                 Metrics::inc(&self.settings.metrics.heartbeats);
                 self.heartbeat.as_mut().reset(now + self.settings.heartbeat);
-                return Poll::Ready(Some(self.written(Bytes::from_static(sse::HEARTBEAT), 0)));
+                let comment = if self.chunked { sse::HEARTBEAT_CHUNK } else { sse::HEARTBEAT };
+                return Poll::Ready(Some(self.written(Bytes::from_static(comment), 0)));
             }
             self.heartbeat.as_mut().reset(due);
         }

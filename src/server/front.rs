@@ -12,7 +12,7 @@
 //! While waiting for events the front also watches the socket for the peer closing, so a departed client
 //! is unsubscribed at once.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -136,7 +136,10 @@ where
             return None;
         }
     };
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    if let (ResponseBody::Stream(events), true) = (&mut body, chunked) {
+        events.use_chunked_framing();
+    }
     let framing = match &body {
         ResponseBody::Full(bytes) => Framing::Length(bytes.as_ref().map_or(0, Bytes::len)),
         ResponseBody::Stream(_) if chunked => Framing::Chunked,
@@ -220,12 +223,7 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
         })
         .await;
         match next {
-            Next::Chunk(data) if chunked => {
-                let mut size = [0u8; 18];
-                let len = chunk_size_line(data.len(), &mut size);
-                let mut slices = [IoSlice::new(&size[..len]), IoSlice::new(&data), IoSlice::new(b"\r\n")];
-                write_all_vectored(stream, &mut slices).await?;
-            }
+            // Already framed by the stream (see `EventStream::use_chunked_framing`): one buffer, one `send`.
             Next::Chunk(data) => stream.write_all(&data).await?,
             Next::End if chunked => return stream.write_all(b"0\r\n\r\n").await,
             Next::End | Next::PeerGone => return Ok(()),
@@ -252,42 +250,9 @@ fn peer_gone(stream: &TcpStream, cx: &mut std::task::Context<'_>) -> bool {
     false
 }
 
-/// Writes `len` in hex followed by CRLF into `out`; returns the length used.
-fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, slot) in out[..digits].iter_mut().enumerate() {
-        *slot = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
-    }
-    out[digits] = b'\r';
-    out[digits + 1] = b'\n';
-    digits + 2
-}
-
-async fn write_all_vectored(stream: &mut TcpStream, slices: &mut [IoSlice<'_>; 3]) -> io::Result<()> {
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        let written = stream.write_vectored(slices).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, written);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_sizes() {
-        let mut out = [0u8; 18];
-        for (n, text) in [(0usize, "0\r\n"), (1, "1\r\n"), (255, "ff\r\n"), (4096, "1000\r\n")] {
-            let len = chunk_size_line(n, &mut out);
-            assert_eq!(&out[..len], text.as_bytes());
-        }
-    }
 
     #[test]
     fn only_bodyless_get_events_is_taken() {
