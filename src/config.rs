@@ -17,7 +17,7 @@ pub struct Config {
     pub command: Option<Command>,
 
     /// Address and port to serve on (port 0 picks a free port, which is logged).
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen, global = true)]
     pub listen: SocketAddr,
 
     /// Use Redis as the backend (redis://host:port[/db]); without it, the in-memory backend.
@@ -123,6 +123,17 @@ pub enum ConfigError {
     /// A limit that makes no sense with another.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// An `IP:PORT`, or `HOST:PORT` resolved once at start-up (`localhost:8080` is the loopback address).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("{s:?} is not an address and port: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -98,11 +98,9 @@ pub async fn serve(
         backend = %backend.name(),
         auth = %if config.auth_enabled() { "on" } else { "off" },
         max_connections = limits.max_connections,
-        "herald listening"
+        "herald listening{}",
+        if config.auth_enabled() { "" } else { " (open mode: anyone who can reach this address may subscribe and publish)" }
     );
-    if !config.auth_enabled() {
-        tracing::warn!("authentication is off: anyone who can reach this address may subscribe and publish");
-    }
     let state = Arc::new(AppState::new(backend, metrics, limits));
     let service = ServiceBuilder::new().option_layer(cors_layer(&config.cors_origin)).service(App::new(state.clone()));
 
