@@ -117,9 +117,9 @@ pub enum ConfigError {
          refusing to start rather than serve open"
     )]
     AuthUnavailable,
-    /// The Redis backend is not built yet.
-    #[error("the redis backend is not available in this version; omit --redis-url to use the memory backend")]
-    RedisUnavailable,
+    /// `--redis-url` is not a Redis URL.
+    #[error("--redis-url {0:?} is not a redis URL (redis://[:password@]host:port[/db])")]
+    BadRedisUrl(String),
     /// A limit that makes no sense with another.
     #[error("{0}")]
     Invalid(String),
@@ -160,8 +160,10 @@ impl Config {
         if self.jwt_secret.is_some() || self.jwt_public_key.is_some() || !self.public_topic.is_empty() {
             return Err(ConfigError::AuthUnavailable);
         }
-        if self.redis_url.is_some() {
-            return Err(ConfigError::RedisUnavailable);
+        if let Some(url) = &self.redis_url {
+            if redis::Client::open(url.as_str()).is_err() {
+                return Err(ConfigError::BadRedisUrl(url.clone()));
+            }
         }
         if self.max_event_size == 0 || self.max_body_size == 0 {
             return Err(ConfigError::Invalid("--max-event-size and --max-body-size must be positive".into()));

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::error::Error;
 use crate::metrics::{HubGauges, Metrics};
 use crate::sse::Event;
@@ -28,6 +30,8 @@ pub struct Hub {
     closed: AtomicBool,
     queue_size: usize,
     metrics: Arc<Metrics>,
+    /// Told each topic that loses its last local subscriber (a backend with a remote feed unsubscribes).
+    idle: Option<UnboundedSender<Topic>>,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +49,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Hub {
     /// Makes a hub whose mailboxes hold at most `queue_size` events.
     pub fn new(queue_size: usize, metrics: Arc<Metrics>) -> Self {
-        Hub { state: Mutex::default(), closed: AtomicBool::new(false), queue_size: queue_size.max(1), metrics }
+        Hub {
+            state: Mutex::default(),
+            closed: AtomicBool::new(false),
+            queue_size: queue_size.max(1),
+            metrics,
+            idle: None,
+        }
+    }
+
+    /// Like [`Hub::new`], and sends every topic that loses its last local subscriber to `idle` (the topic
+    /// may have a subscriber again by the time it is received: check [`Hub::is_active`]).
+    pub fn with_idle_notifier(queue_size: usize, metrics: Arc<Metrics>, idle: UnboundedSender<Topic>) -> Self {
+        Hub { idle: Some(idle), ..Hub::new(queue_size, metrics) }
     }
 
     /// Registers a connection for `topics`. Events dispatched after this returns reach the returned
@@ -83,6 +99,10 @@ impl Hub {
                 subs.remove(&id);
                 if subs.is_empty() {
                     state.topics.remove(topic);
+                    if let Some(idle) = &self.idle {
+                        // Fails only when the backend's feed is gone (shutdown); nothing to tell then.
+                        let _ = idle.send(topic.clone());
+                    }
                 }
             }
         }
@@ -104,6 +124,19 @@ impl Hub {
         }
     }
 
+    /// Marks every connection subscribed to one of `topics` as lagging: its mailbox is emptied and the
+    /// connection catches up from history (with `herald.reset` when history cannot cover it). Used when
+    /// a backend's live feed missed events it cannot recover itself.
+    pub fn lag_topics(&self, topics: &[Topic]) {
+        let state = lock(&self.state);
+        for topic in topics {
+            let Some(subs) = state.topics.get(topic) else { continue };
+            for mailbox in subs.values() {
+                mailbox.mark_lagged();
+            }
+        }
+    }
+
     /// Closes every mailbox and refuses new registrations: each open stream ends after what it has
     /// queued. Used at shutdown.
     pub fn close(&self) {
@@ -120,6 +153,11 @@ impl Hub {
     pub fn gauges(&self) -> HubGauges {
         let state = lock(&self.state);
         HubGauges { topics_active: state.topics.len(), subscriptions_active: state.subscriptions }
+    }
+
+    /// Whether `topic` has at least one local subscriber.
+    pub fn is_active(&self, topic: &Topic) -> bool {
+        lock(&self.state).topics.contains_key(topic)
     }
 
     /// Topics with at least one local subscriber.
@@ -211,6 +249,20 @@ impl Mailbox {
             waker.wake();
         }
         outcome
+    }
+
+    fn mark_lagged(&self) {
+        let mut state = lock(&self.state);
+        if state.closed || state.lagged {
+            return;
+        }
+        state.lagged = true;
+        state.queue = VecDeque::new();
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn close(&self) {

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub heartbeats: AtomicU64,
     /// Reconnections of the backend's live feed.
     pub backend_reconnects: AtomicU64,
+    /// Reads of the backend's history made to catch up after the live feed reconnected.
+    pub backend_catchup_reads: AtomicU64,
+    /// Events found by those reads that the live feed had missed.
+    pub backend_events_caught_up: AtomicU64,
+    /// Backend commands that failed or timed out.
+    pub backend_errors: AtomicU64,
 }
 
 /// Gauges owned by the hub, sampled at scrape time.
@@ -46,6 +52,11 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
     }
 
     /// Renders the Prometheus text exposition.
@@ -99,6 +110,24 @@ impl Metrics {
             "herald_backend_reconnects_total",
             "Reconnections of the backend's live feed.",
             &self.backend_reconnects,
+        );
+        counter(
+            &mut out,
+            "herald_backend_catchup_reads_total",
+            "History reads made to catch up after the live feed reconnected.",
+            &self.backend_catchup_reads,
+        );
+        counter(
+            &mut out,
+            "herald_backend_events_caught_up_total",
+            "Events the live feed missed and catch-up reads delivered.",
+            &self.backend_events_caught_up,
+        );
+        counter(
+            &mut out,
+            "herald_backend_errors_total",
+            "Backend commands that failed or timed out.",
+            &self.backend_errors,
         );
         out
     }

@@ -162,3 +162,11 @@ async fn slow_reader_catches_up_or_resumes_without_gap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The same tests against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        stuck_client_does_not_hold_back_readers_or_memory,
+        slow_reader_catches_up_or_resumes_without_gap,
+    );
+}

@@ -158,3 +158,13 @@ async fn max_connections_limits_streams() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The tests of this file that depend on the backend, against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        history_size_env_var,
+        flag_beats_env_var,
+        json_log_format,
+        max_connections_limits_streams,
+    );
+}

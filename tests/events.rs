@@ -381,3 +381,28 @@ async fn live_once_head_is_sent() {
         }
     }
 }
+
+/// The same tests against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        head_and_opening_bytes,
+        retry_flag_sets_hint,
+        event_framing_id_type_data,
+        untyped_event_has_no_event_line,
+        injection_cases_round_trip,
+        ids_strictly_increasing_across_topics,
+        event_to_several_topics_delivered_once,
+        repeated_and_comma_separated_topics,
+        percent_encoded_topics,
+        topic_of_256_bytes_is_fine,
+        bad_topics_are_400,
+        no_topics_is_400,
+        max_topics_counted_after_merging_duplicates,
+        default_max_topics_is_64,
+        other_methods_are_405,
+        heartbeat_on_idle_stream,
+        fractional_heartbeat,
+        no_heartbeat_while_events_flow,
+        live_once_head_is_sent,
+    );
+}

@@ -83,3 +83,11 @@ async fn http_1_0_gets_a_close_delimited_stream() {
     assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "HTTP/1.0 cannot take chunks: {head}");
     assert_eq!(body, format!("retry: 3000\n: herald\n\n{expected}"), "the body is bare SSE");
 }
+
+/// The same tests against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        events_after_another_request_on_a_keep_alive_connection,
+        http_1_0_gets_a_close_delimited_stream,
+    );
+}

@@ -105,3 +105,14 @@ async fn unknown_path_is_404_json() {
         assert_error(&resp, 404, Some("not_found"));
     }
 }
+
+/// The same tests against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        healthz_and_readyz,
+        metrics_are_prometheus_text_with_every_metric,
+        metrics_counters_move,
+        index_page,
+        unknown_path_is_404_json,
+    );
+}

@@ -213,3 +213,8 @@ fn startup_line_parsing() {
     );
     assert_eq!(c, Some("127.0.0.1:9".parse().unwrap()));
 }
+
+/// The round-trip properties against Redis.
+mod on_redis {
+    super::support::on_redis!(published_data_round_trips, valid_topics_round_trip_and_invalid_are_refused,);
+}

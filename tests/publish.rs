@@ -351,3 +351,26 @@ async fn other_methods_are_405() {
         assert!(allow.to_ascii_uppercase().contains("POST"), "{method}: Allow {allow:?}");
     }
 }
+
+/// The same tests against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        json_topic_type_and_string_data,
+        json_topics_and_topic_together_make_one_event,
+        data_values_are_sent_as_compact_json_text,
+        null_or_missing_data_is_400,
+        form_body,
+        malformed_json_is_400,
+        array_bodies_are_malformed,
+        bad_types_are_400,
+        bad_or_missing_topics_are_400,
+        too_many_topics_on_publish_is_400,
+        event_size_limit_is_413,
+        default_event_size_limit_is_64_kib,
+        body_size_limit_is_413,
+        chunked_body_over_limit_is_413,
+        other_content_types_are_415,
+        ids_increase,
+        other_methods_are_405,
+    );
+}

@@ -389,3 +389,21 @@ async fn resume_race_no_gap_no_duplicate() {
         );
     }
 }
+
+/// The same tests against Redis (the restart tests are about the memory backend: a Redis deployment
+/// keeps its history when a node restarts; its own tests cover history lost in Redis).
+mod on_redis {
+    super::support::on_redis!(
+        last_event_id_header_replays_then_live,
+        last_event_id_query_param_replays_then_live,
+        header_wins_over_query_param,
+        resume_from_first_event_and_from_latest,
+        replay_delivers_multi_topic_events_once,
+        wellformed_id_older_than_history_resets,
+        trimmed_history_resets_only_incomplete_topics,
+        trimmed_boundary_needs_no_reset,
+        malformed_ids_reset_all_topics,
+        future_id_resets,
+        resume_race_no_gap_no_duplicate,
+    );
+}

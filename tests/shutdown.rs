@@ -160,3 +160,13 @@ async fn after_sigterm_new_work_is_refused_and_in_flight_publish_finishes() {
     let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(8))).await.expect("wait");
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// The same tests against Redis.
+mod on_redis {
+    super::support::on_redis!(
+        sigterm_ends_streams_cleanly_and_exits_zero,
+        sigint_behaves_like_sigterm,
+        idle_server_exits_zero_on_sigterm,
+        after_sigterm_new_work_is_refused_and_in_flight_publish_finishes,
+    );
+}

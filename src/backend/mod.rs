@@ -1,7 +1,7 @@
 //! Backends: where ids are made, history is kept and live events come from.
 //!
 //! The HTTP layer sees only the [`Backend`] trait. `memory` keeps everything in this process; `redis`
-//! (a later step) will share topics, ids and history between nodes. Both feed the node's [`Hub`].
+//! shares topics, ids and history between nodes. Both feed the node's [`Hub`].
 
 use std::sync::Arc;
 
@@ -14,8 +14,10 @@ use crate::sse::Event;
 use crate::topic::Topic;
 
 pub mod memory;
+pub mod redis;
 
-pub use memory::MemoryBackend;
+pub use self::memory::MemoryBackend;
+pub use self::redis::RedisBackend;
 
 /// An event as a publisher gave it, validated, before it has an id.
 #[derive(Debug, Clone)]

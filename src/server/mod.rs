@@ -22,7 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::front::Sniffed;
 use self::rewind::Rewind;
-use crate::backend::{Backend, MemoryBackend};
+use crate::backend::{Backend, MemoryBackend, RedisBackend};
 use crate::config::Config;
 use crate::http::{App, AppState, Limits};
 use crate::metrics::Metrics;
@@ -50,11 +50,35 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Builds the backend the configuration asks for.
-fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Arc<dyn Backend> {
+/// Builds the backend the configuration asks for. The Redis backend connects in the background (retrying
+/// with back-off while Redis is unreachable; `/readyz` is 503 meanwhile), so this never waits.
+///
+/// # Errors
+/// `--redis-url` is not a Redis URL.
+fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Backend>, String> {
     let history = usize::try_from(config.history_size).unwrap_or(usize::MAX);
     let queue = usize::try_from(config.queue_size).unwrap_or(usize::MAX);
-    Arc::new(MemoryBackend::new(history, queue, metrics.clone()))
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(RedisBackend::connect(url, history, queue, metrics.clone())?),
+        None => Arc::new(MemoryBackend::new(history, queue, metrics.clone())),
+    })
+}
+
+/// How long start-up waits for the backend (Redis) before serving anyway with `/readyz` at 503.
+const STARTUP_READY_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until the backend is ready, at most [`STARTUP_READY_WAIT`], so that a node that can reach its
+/// backend is ready as soon as it logs that it listens. One that cannot serves anyway (streams and
+/// publishes answer 503 until the backend comes up; the backend logs why and keeps retrying).
+async fn wait_ready(backend: &dyn Backend) {
+    let deadline = tokio::time::Instant::now() + STARTUP_READY_WAIT;
+    while !backend.ready().await {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(backend = backend.name(), "backend not ready yet; serving, /readyz answers 503 until it is");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -83,7 +107,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let metrics = Arc::new(Metrics::default());
-    let backend = build_backend(&config, &metrics);
+    let backend = build_backend(&config, &metrics)?;
     let limits = Limits {
         max_topics: usize::try_from(config.max_topics).unwrap_or(usize::MAX),
         max_event_size: config.max_event_size,
@@ -93,6 +117,7 @@ pub async fn serve(
         retry_ms: config.retry,
     };
     let addr = listener.local_addr()?;
+    wait_ready(backend.as_ref()).await;
     tracing::info!(
         %addr,
         backend = %backend.name(),
@@ -221,7 +246,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
         };
-        let state = Arc::new(AppState::new(build_backend(&config, &metrics), metrics, limits));
+        let state = Arc::new(AppState::new(build_backend(&config, &metrics).expect("backend"), metrics, limits));
         let service: Service = ServiceBuilder::new().option_layer(cors_layer(&[])).service(App::new(state));
         let request = http::Request::get("/events?topics=a").body(Empty::<Bytes>::new()).expect("request");
         let ready = front::respond(request, service).await.expect("response");

@@ -83,6 +83,9 @@ impl TestServer {
             match rx.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(line) => {
                     if let Some(addr) = parse_startup_line(&line) {
+                        if BACKEND_REDIS_URL.with(|u| u.borrow().is_some()) && !args.contains(&"--redis-url") {
+                            assert!(line.contains("redis"), "expected the redis backend: {line}");
+                        }
                         return TestServer { child, addr, stderr, startup_line: line };
                     }
                 }
@@ -206,6 +209,11 @@ impl Drop for TestServer {
 fn herald_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.args(args);
+    if !args.iter().any(|a| *a == "--redis-url" || a.starts_with("--redis-url=")) {
+        if let Some(url) = BACKEND_REDIS_URL.with(|u| u.borrow().clone()) {
+            cmd.args(["--redis-url", &url]);
+        }
+    }
     if !args.iter().any(|a| *a == "--listen" || a.starts_with("--listen=")) {
         cmd.args(["--listen", "127.0.0.1:0"]);
     }
@@ -297,6 +305,196 @@ pub fn parse_startup_line(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("addr=")? + "addr=".len()..];
     let token: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
     token.trim_matches('"').parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends: one behaviour suite, run against memory and against Redis
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    /// When set, [`TestServer::start`] on this thread adds `--redis-url` with this URL.
+    static BACKEND_REDIS_URL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Clears [`BACKEND_REDIS_URL`] even when the test panics.
+struct ClearBackend;
+
+impl Drop for ClearBackend {
+    fn drop(&mut self) {
+        BACKEND_REDIS_URL.with(|u| *u.borrow_mut() = None);
+    }
+}
+
+/// Runs a behaviour test with every `herald` it starts on this thread pointed at a fresh
+/// `redis-server` of its own. (`#[tokio::test]` runs the test body on the calling thread.)
+pub fn with_redis(test: fn()) {
+    let redis = RedisServer::start();
+    BACKEND_REDIS_URL.with(|u| *u.borrow_mut() = Some(redis.url()));
+    let _clear = ClearBackend;
+    test();
+    drop(redis);
+}
+
+/// For each named test of the enclosing file, a test of the same name that runs it against Redis
+/// (see [`with_redis`]). Use inside a `mod on_redis { ... }`.
+#[allow(unused_macros)]
+macro_rules! on_redis {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::support::with_redis(super::$name);
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_redis;
+
+/// A `redis-server` child process of its own, on a free port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (from PATH) on a free port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed (the Redis half of the suite needs it: install Debian's
+    /// `redis-server` package) or does not answer within [`START_TIMEOUT`].
+    pub fn start() -> RedisServer {
+        // A free port may be taken by someone else before redis-server binds it: try a few.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut server = RedisServer { child: None, port: free_port() };
+            match server.try_restart() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("{last_error}");
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit; its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty), after [`RedisServer::stop`].
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn restart(&mut self) {
+        if let Err(e) = self.try_restart() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `redis-server` ({e}): the Redis half of this suite needs it on PATH \
+                     (Debian: apt-get install -y redis-server)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(format!("redis-server on port {port} exited at start ({status}); is the port taken?"));
+            }
+            if let Ok(reply) = self.try_command(&["INFO", "server"]) {
+                // Another test's redis-server may hold the port: make sure this one answered.
+                let pid = self.child.as_ref().map(Child::id).unwrap_or_default();
+                if reply.contains(&format!("process_id:{pid}\r\n")) {
+                    return Ok(());
+                }
+                if reply.contains("process_id:") {
+                    self.stop();
+                    return Err(format!("port {port} is taken by another redis-server"));
+                }
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!("redis-server on port {port} did not answer PING within {START_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends one command and returns the raw RESP reply (for simple replies: `+OK\r\n`, `:1\r\n`...).
+    ///
+    /// # Errors
+    /// Connection or I/O failure.
+    pub fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(req.as_bytes())?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = stream.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Sends one command.
+    ///
+    /// # Panics
+    /// When it fails or Redis answers an error.
+    pub fn command(&self, args: &[&str]) -> String {
+        let reply = self.try_command(args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"));
+        assert!(!reply.starts_with('-'), "redis {args:?}: {reply}");
+        reply
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port nobody listens on now, below the kernel's ephemeral range (32768 and up by default), so
+/// that no `herald` on port 0 and no outgoing connection takes it while its `redis-server` is stopped
+/// for a restart. Picked pseudo-randomly, so that test processes running at once rarely collide.
+fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,332 @@
+//! The node's one pub/sub connection: counted interest, dispatch in id order, catch-up after a drop.
+//!
+//! One task owns the connection and everything about it, so no lock is needed: subscription requests
+//! from `Backend::subscribe` and "topic idle" notices from the hub arrive on channels, messages on the
+//! connection's stream. Messages arrive in publish order, which is id order, so one number (the last id
+//! dispatched) drops both the second copy of an event published to several subscribed topics and anything
+//! a catch-up read already delivered.
+//!
+//! When the connection drops, the task reconnects with back-off, subscribes every active topic again,
+//! reads each active topic's stream after the last dispatched id in one `MULTI` (one snapshot, so nothing
+//! published between two reads can be skipped), dispatches what was missed, and only then serves new
+//! subscriptions. If Redis lost its history meanwhile (no `herald:last-id`, or a `herald:epoch` newer
+//! than the last id dispatched), the node cannot know what
+//! it missed: every local connection is marked lagging and catches up from history itself, which sends
+//! `herald.reset` when it cannot be covered.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::scripts::{channel, decode_entries, id_of, stream_key, Message, EPOCH_KEY, LAST_ID_KEY};
+use super::COMMAND_TIMEOUT;
+use crate::hub::Hub;
+use crate::id::EventId;
+use crate::metrics::Metrics;
+use crate::sse::Event;
+use crate::topic::Topic;
+
+/// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between connection attempts: short enough that a node recovers soon after Redis does.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A request to the feed task: make sure these topics' channels are subscribed, then answer.
+pub(super) struct Ensure {
+    pub(super) topics: Vec<Topic>,
+    pub(super) done: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the feed shares with the backend.
+#[derive(Debug, Default)]
+pub(super) struct FeedState {
+    /// The pub/sub connection is up and caught up.
+    pub(super) up: AtomicBool,
+    /// The newest id this node has seen (issued or dispatched): a floor for the next id, so that ids
+    /// keep rising even if Redis's clock is behind.
+    pub(super) newest: Mutex<EventId>,
+}
+
+impl FeedState {
+    /// Raises the newest id seen to `id`.
+    pub(super) fn saw(&self, id: EventId) {
+        let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        if id > *newest {
+            *newest = id;
+        }
+    }
+}
+
+/// The pub/sub task.
+pub(super) struct Feed {
+    client: redis::Client,
+    commands: ConnectionManager,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    state: Arc<FeedState>,
+    requests: mpsc::UnboundedReceiver<Ensure>,
+    idle: mpsc::UnboundedReceiver<Topic>,
+    /// A printable Redis address for logs (`host:port/db`, no password).
+    target: String,
+    /// The last id dispatched to the hub; `None` until the first connection.
+    last: Option<EventId>,
+    subscribed: HashSet<Topic>,
+}
+
+/// Why a session ended.
+enum End {
+    /// The backend is gone: stop.
+    Stop,
+    /// The connection failed: reconnect.
+    Lost(String),
+}
+
+impl Feed {
+    /// Makes the task's state.
+    pub(super) fn new(
+        client: redis::Client,
+        commands: ConnectionManager,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        state: Arc<FeedState>,
+        requests: mpsc::UnboundedReceiver<Ensure>,
+        idle: mpsc::UnboundedReceiver<Topic>,
+    ) -> Self {
+        let info = client.get_connection_info();
+        let target = format!("{}/{}", info.addr(), info.redis_settings().db());
+        Feed { client, commands, hub, metrics, state, requests, idle, target, last: None, subscribed: HashSet::new() }
+    }
+
+    /// Runs until the backend is dropped.
+    ///
+    /// A lost connection is replaced at once; failures to connect (or sessions that keep failing straight
+    /// away) are retried after a back-off that doubles up to [`MAX_BACKOFF`].
+    pub(super) async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        let mut sessions = 0u64;
+        loop {
+            let connected = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub()).await;
+            let cause = match connected {
+                Ok(Ok(pubsub)) => {
+                    let (sink, stream) = pubsub.split();
+                    if sessions > 0 {
+                        Metrics::inc(&self.metrics.backend_reconnects);
+                    }
+                    sessions += 1;
+                    let started = tokio::time::Instant::now();
+                    let end = self.session(sink, stream).await;
+                    self.state.up.store(false, Ordering::Release);
+                    self.subscribed.clear();
+                    let End::Lost(cause) = end else { return };
+                    tracing::warn!(redis = %self.target, %cause, "redis pub/sub connection lost; reconnecting");
+                    // Reconnect at once after a session that lived, and once after one that did not;
+                    // back off only when sessions keep failing straight away.
+                    if started.elapsed() > MAX_BACKOFF {
+                        backoff = MIN_BACKOFF;
+                        continue;
+                    }
+                    if backoff == MIN_BACKOFF {
+                        backoff *= 2;
+                        continue;
+                    }
+                    cause
+                }
+                Ok(Err(e)) => {
+                    Metrics::inc(&self.metrics.backend_errors);
+                    e.to_string()
+                }
+                Err(_) => {
+                    Metrics::inc(&self.metrics.backend_errors);
+                    format!("no connection within {COMMAND_TIMEOUT:?}")
+                }
+            };
+            if sessions == 0 {
+                tracing::error!(redis = %self.target, %cause, retry_in = ?backoff, "cannot reach redis; retrying");
+            } else {
+                tracing::warn!(redis = %self.target, %cause, retry_in = ?backoff, "redis unavailable; retrying");
+            }
+            if !self.refuse_for(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Answers subscription requests with an error for `wait`. `false` when the backend is gone.
+    async fn refuse_for(&mut self, wait: Duration) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                request = self.requests.recv() => match request {
+                    Some(request) => {
+                        let _ = request.done.send(Err("redis pub/sub connection is down".into()));
+                    }
+                    None => return false,
+                },
+                Some(_) = self.idle.recv() => {}
+            }
+        }
+    }
+
+    /// Serves one pub/sub connection until it fails.
+    async fn session(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> End {
+        if let Err(cause) = self.resume(&mut sink).await {
+            return End::Lost(cause);
+        }
+        self.state.up.store(true, Ordering::Release);
+        tracing::info!(redis = %self.target, topics = self.subscribed.len(), "redis pub/sub connection ready");
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => self.on_message(message.get_payload_bytes()),
+                    None => return End::Lost("connection closed".into()),
+                },
+                request = self.requests.recv() => match request {
+                    Some(request) => {
+                        let result = self.ensure(&mut sink, &request.topics).await;
+                        let lost = result.clone().err();
+                        let _ = request.done.send(result);
+                        if let Some(cause) = lost {
+                            return End::Lost(cause);
+                        }
+                    }
+                    None => return End::Stop,
+                },
+                Some(topic) = self.idle.recv() => {
+                    if !self.hub.is_active(&topic) && self.subscribed.remove(&topic) {
+                        if let Err(cause) = self.command(sink.unsubscribe(channel(&topic))).await {
+                            return End::Lost(cause);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// On a new connection: learn where the deployment is (first time), subscribe every active topic,
+    /// then catch up from the streams.
+    async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+        while self.idle.try_recv().is_ok() {}
+        if self.last.is_none() {
+            let mut con = self.commands.clone();
+            let last: Value = self.command(redis::cmd("GET").arg(LAST_ID_KEY).query_async(&mut con)).await?;
+            let last = id_of(&last).unwrap_or(EventId::ZERO);
+            self.state.saw(last);
+            self.last = Some(last);
+        }
+        let active = self.hub.active_topics();
+        if !active.is_empty() {
+            let channels: Vec<String> = active.iter().map(|t| channel(t)).collect();
+            self.command(sink.subscribe(channels)).await?;
+        }
+        self.subscribed = active.into_iter().collect();
+        self.catch_up().await
+    }
+
+    /// Reads every subscribed topic's stream after the last dispatched id, in one snapshot, and
+    /// dispatches what the live feed missed.
+    async fn catch_up(&mut self) -> Result<(), String> {
+        let Some(after) = self.last else { return Ok(()) };
+        if self.subscribed.is_empty() {
+            return Ok(());
+        }
+        let topics: Vec<Topic> = self.subscribed.iter().cloned().collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(LAST_ID_KEY).get(EPOCH_KEY);
+        let start = format!("({after}");
+        for topic in &topics {
+            pipe.cmd("XRANGE").arg(stream_key(topic)).arg(&start).arg("+");
+        }
+        let mut con = self.commands.clone();
+        let replies: Vec<Value> = self.command(pipe.query_async(&mut con)).await?;
+        Metrics::add(&self.metrics.backend_catchup_reads, topics.len() as u64);
+        let last_issued = replies.first().and_then(id_of);
+        let epoch = replies.get(1).and_then(id_of);
+        let mut events = Vec::new();
+        for reply in replies.iter().skip(2) {
+            decode_entries(reply, &mut events);
+        }
+        events.sort_unstable_by_key(|e| e.id);
+        events.dedup_by_key(|e| e.id);
+        let mut caught_up = 0u64;
+        for event in events {
+            if self.last.is_none_or(|last| event.id > last) {
+                self.dispatch(Arc::new(event));
+                caught_up += 1;
+            }
+        }
+        Metrics::add(&self.metrics.backend_events_caught_up, caught_up);
+        if caught_up > 0 {
+            tracing::info!(events = caught_up, "caught up from redis streams after reconnecting");
+        }
+        // Redis has no history, or its history starts after the last event this node saw: Redis lost
+        // what came in between, if anything.
+        if after > EventId::ZERO && (last_issued.is_none() || epoch.is_some_and(|epoch| epoch > after)) {
+            tracing::warn!(%after, "redis lost its history; local streams catch up from what is left");
+            self.hub.lag_topics(&topics);
+        }
+        Ok(())
+    }
+
+    /// Subscribes the channels of `topics` not subscribed yet; answers once Redis has confirmed.
+    async fn ensure(&mut self, sink: &mut PubSubSink, topics: &[Topic]) -> Result<(), String> {
+        let missing: Vec<&Topic> = topics.iter().filter(|t| !self.subscribed.contains(*t)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let channels: Vec<String> = missing.iter().map(|t| channel(t)).collect();
+        self.command(sink.subscribe(channels)).await?;
+        self.subscribed.extend(missing.into_iter().cloned());
+        Ok(())
+    }
+
+    /// Decodes a pub/sub message and dispatches it unless it was already dispatched.
+    fn on_message(&mut self, payload: &[u8]) {
+        let message: Message = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(cause = %e, "ignoring a pub/sub message that is not a herald event");
+                return;
+            }
+        };
+        let Ok(id) = message.id.parse::<EventId>() else {
+            tracing::warn!(id = %message.id, "ignoring a pub/sub message with a malformed id");
+            return;
+        };
+        if self.last.is_some_and(|last| id <= last) {
+            return;
+        }
+        let topics: Box<[Topic]> = message.topics.iter().map(|t| Topic::from(t.as_str())).collect();
+        let kind = message.kind.as_deref().filter(|k| !k.is_empty());
+        self.dispatch(Arc::new(Event::new(id, topics, kind, &message.data)));
+    }
+
+    fn dispatch(&mut self, event: Arc<Event>) {
+        self.last = Some(event.id);
+        self.state.saw(event.id);
+        self.hub.dispatch(&event);
+    }
+
+    /// Awaits a Redis command with [`COMMAND_TIMEOUT`], counting failures.
+    async fn command<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                Metrics::inc(&self.metrics.backend_errors);
+                Err(e.to_string())
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.backend_errors);
+                Err(format!("no answer within {COMMAND_TIMEOUT:?}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The Redis backend: every node pointed at the same Redis is one deployment.
+//!
+//! Ids, history and live delivery all live in Redis, so a client may resume on any node, and any program
+//! that speaks Redis can publish or consume the same events.
+//!
+//! ## Key layout
+//!
+//! | Key or channel | Type | Content |
+//! |---|---|---|
+//! | `herald:last-id` | string | the last id issued, `<ms>-<seq>` |
+//! | `herald:epoch` | string | the first id issued since Redis last had no `herald:last-id` (since history was lost) |
+//! | `herald:stream:{topic}` | stream | one entry per event, entry id = event id; fields `topics` (the event's topics, comma-separated; topics never contain commas), `type` (omitted when none), `data` |
+//! | `herald:channel:{topic}` | pub/sub channel | one message per event: JSON `{"id":"…","topics":["…"],"type":"…" or null,"data":"…"}` |
+//!
+//! Each stream keeps the newest `--history-size` entries; older ones are deleted with `XDEL`, so that
+//! `XINFO STREAM`'s `max-deleted-entry-id` says which ids were trimmed.
+//!
+//! ## Publishing
+//!
+//! One Lua script call per event (`EVALSHA`, loaded on first use), all or nothing: it reads `TIME`, makes
+//! the id that follows `herald:last-id` (a new millisecond if the clock has moved past it, else the next
+//! sequence number; never lower than a floor the node passes, so ids keep rising after Redis lost its
+//! data), sets `herald:last-id` (and `herald:epoch` when `herald:last-id` was missing), `XADD`s the event
+//! to each topic's stream with that explicit id, trims, and `PUBLISH`es it on each topic's channel. The
+//! script text is `PUBLISH` in `src/backend/redis/scripts.rs`; any program may run it (`EVAL script 2+N herald:last-id
+//! herald:epoch herald:stream:{t1}… history-size type data 0-0 t1…`) to publish without Herald. A Redis
+//! Streams consumer group on `herald:stream:{topic}` sees every event of that topic.
+//!
+//! ## Live delivery and resuming
+//!
+//! Each node has one pub/sub connection (`feed.rs`): a topic's channel is subscribed when the hub gets its
+//! first local subscriber for it (the client's response head waits for Redis's confirmation) and
+//! unsubscribed when the last one leaves. Other commands go over one multiplexed connection that
+//! reconnects by itself. A resuming client's history is read from the streams after its last id
+//! (`XRANGE herald:stream:{topic} (<id> +`), in one script call so the reads are one snapshot.
+//! Every command has a [`COMMAND_TIMEOUT`]: when Redis is away, requests answer 503 promptly.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use self::feed::{Ensure, Feed, FeedState};
+use self::scripts::{decode_entries, id_of, stream_key, EPOCH_KEY, LAST_ID_KEY};
+use super::{judge_last_id, Backend, NewEvent, Replay, Reset};
+use crate::error::Error;
+use crate::hub::{Hub, Registration};
+use crate::id::{EventId, LastEventId};
+use crate::metrics::Metrics;
+use crate::topic::Topic;
+
+mod feed;
+mod scripts;
+
+/// The longest any one Redis command may take before the request it serves answers 503.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for Redis to answer `PING`.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a new subscription waits for the pub/sub connection (which may be reconnecting).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// History, ids and live events in Redis, shared by every node using the same Redis.
+#[derive(Debug)]
+pub struct RedisBackend {
+    hub: Arc<Hub>,
+    history_size: usize,
+    commands: ConnectionManager,
+    publish: Script,
+    read: Script,
+    feed: mpsc::UnboundedSender<Ensure>,
+    state: Arc<FeedState>,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisBackend {
+    /// Makes a backend for the Redis at `url` and starts its pub/sub task. Does not wait for Redis: the
+    /// task connects (and keeps retrying with back-off, logging why) in the background, and `ready()`
+    /// says when it is up. Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    /// The URL is not a Redis URL.
+    pub fn connect(url: &str, history_size: usize, queue_size: usize, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("bad --redis-url: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let commands =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| format!("redis: {e}"))?;
+        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::with_idle_notifier(queue_size, metrics.clone(), idle_tx));
+        let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+        let state = Arc::new(FeedState::default());
+        let feed = Feed::new(client, commands.clone(), hub.clone(), metrics.clone(), state.clone(), feed_rx, idle_rx);
+        tokio::spawn(feed.run());
+        Ok(RedisBackend {
+            hub,
+            history_size: history_size.max(1),
+            commands,
+            publish: Script::new(scripts::PUBLISH),
+            read: Script::new(scripts::READ),
+            feed: feed_tx,
+            state,
+            metrics,
+        })
+    }
+
+    /// Awaits a Redis command with [`COMMAND_TIMEOUT`]; failures are [`Error::BackendUnavailable`].
+    async fn command<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                Metrics::inc(&self.metrics.backend_errors);
+                Err(Error::BackendUnavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.backend_errors);
+                Err(Error::BackendUnavailable(format!("redis: no answer within {COMMAND_TIMEOUT:?}")))
+            }
+        }
+    }
+
+    /// One snapshot of the history of `topics` after `after`.
+    async fn read(&self, topics: &[Topic], after: EventId) -> Result<Snapshot, Error> {
+        let mut invocation = self.read.prepare_invoke();
+        invocation.key(LAST_ID_KEY).key(EPOCH_KEY);
+        for topic in topics {
+            invocation.key(stream_key(topic));
+        }
+        invocation.arg(after.to_string());
+        let mut con = self.commands.clone();
+        let reply: Vec<Value> = self.command(invocation.invoke_async(&mut con)).await?;
+        let mut snapshot = Snapshot {
+            last_issued: reply.first().and_then(id_of),
+            epoch: reply.get(1).and_then(id_of),
+            trimmed: Vec::new(),
+            events: Vec::new(),
+        };
+        for (topic, pair) in topics.iter().zip(reply.get(2..).unwrap_or_default().chunks(2)) {
+            if pair.first().and_then(id_of).is_some_and(|deleted| deleted > after) {
+                snapshot.trimmed.push(topic.clone());
+            }
+            if let Some(entries) = pair.get(1) {
+                decode_entries(entries, &mut snapshot.events);
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// What [`RedisBackend::read`] found.
+struct Snapshot {
+    last_issued: Option<EventId>,
+    epoch: Option<EventId>,
+    /// Topics with an entry newer than the id read after trimmed away.
+    trimmed: Vec<Topic>,
+    events: Vec<crate::sse::Event>,
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    async fn publish(&self, event: NewEvent) -> Result<EventId, Error> {
+        let floor = *self.state.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut invocation = self.publish.prepare_invoke();
+        invocation.key(LAST_ID_KEY).key(EPOCH_KEY);
+        for topic in &event.topics {
+            invocation.key(stream_key(topic));
+        }
+        invocation.arg(self.history_size).arg(event.kind.as_deref().unwrap_or("")).arg(&event.data);
+        invocation.arg(floor.to_string());
+        for topic in &event.topics {
+            invocation.arg(&**topic);
+        }
+        let mut con = self.commands.clone();
+        let id: String = self.command(invocation.invoke_async(&mut con)).await?;
+        let id: EventId =
+            id.parse().map_err(|_| Error::BackendUnavailable(format!("publish script returned {id:?}")))?;
+        self.state.saw(id);
+        Ok(id)
+    }
+
+    async fn subscribe(&self, topics: &[Topic]) -> Result<Registration, Error> {
+        let (registration, _) = self.hub.register(topics)?;
+        let (done, confirmed) = oneshot::channel();
+        self.feed
+            .send(Ensure { topics: topics.to_vec(), done })
+            .map_err(|_| Error::BackendUnavailable("redis pub/sub task stopped".into()))?;
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
+            Ok(Ok(Ok(()))) => Ok(registration),
+            Ok(Ok(Err(cause))) => Err(Error::BackendUnavailable(cause)),
+            Ok(Err(_)) => Err(Error::BackendUnavailable("redis pub/sub task stopped".into())),
+            Err(_) => Err(Error::BackendUnavailable(format!("no subscription within {SUBSCRIBE_TIMEOUT:?}"))),
+        }
+    }
+
+    async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
+        let from = match last {
+            LastEventId::Id(id) => id,
+            LastEventId::Malformed => EventId::ZERO,
+        };
+        let mut snapshot = self.read(topics, from).await?;
+        // Ids this node has seen were issued even if Redis has since lost them (and all history with
+        // them): an id up to those is then `history_lost`, not `unknown_id`.
+        let newest = *self.state.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last_issued, history_start) = match snapshot.last_issued {
+            Some(issued) => (issued.max(newest), snapshot.epoch.unwrap_or(EventId::ZERO)),
+            None if newest > EventId::ZERO => (newest, EventId::new(newest.ms, newest.seq + 1)),
+            None => (EventId::ZERO, EventId::ZERO),
+        };
+        let last_issued = Some(last_issued).filter(|id| *id > EventId::ZERO);
+        let (after, mut reset) = judge_last_id(last, history_start, last_issued, topics);
+        if after != from {
+            snapshot = self.read(topics, after).await?;
+        }
+        if reset.is_none() && !snapshot.trimmed.is_empty() {
+            reset = Some(Reset { topics: snapshot.trimmed, reason: "trimmed" });
+        }
+        let mut events = snapshot.events;
+        events.sort_unstable_by_key(|e| e.id);
+        events.dedup_by_key(|e| e.id);
+        Ok(Replay { events: events.into_iter().map(Arc::new).collect(), reset })
+    }
+
+    async fn ready(&self) -> bool {
+        if !self.state.up.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut con = self.commands.clone();
+        let ping = redis::cmd("PING");
+        matches!(tokio::time::timeout(PING_TIMEOUT, ping.query_async::<String>(&mut con)).await, Ok(Ok(_)))
+    }
+}

@@ -1,0 +1,200 @@
+//! Key names, the two Lua scripts, and decoding of what Redis returns.
+
+use redis::Value;
+
+use crate::id::EventId;
+use crate::sse::Event;
+use crate::topic::Topic;
+
+/// The last id issued (`<ms>-<seq>`).
+pub(super) const LAST_ID_KEY: &str = "herald:last-id";
+/// The first id issued since Redis last had no [`LAST_ID_KEY`] (since history was lost).
+pub(super) const EPOCH_KEY: &str = "herald:epoch";
+/// Prefix of each topic's stream key.
+pub(super) const STREAM_PREFIX: &str = "herald:stream:";
+/// Prefix of each topic's pub/sub channel.
+pub(super) const CHANNEL_PREFIX: &str = "herald:channel:";
+
+/// The stream key of `topic`.
+pub(super) fn stream_key(topic: &str) -> String {
+    format!("{STREAM_PREFIX}{topic}")
+}
+
+/// The channel of `topic`.
+pub(super) fn channel(topic: &str) -> String {
+    format!("{CHANNEL_PREFIX}{topic}")
+}
+
+/// Publishes one event, atomically.
+///
+/// `KEYS`: `herald:last-id`, `herald:epoch`, then `herald:stream:{topic}` for each topic.
+/// `ARGV`: history size, type (`""` for none), data, a floor id (`0-0` for none), then the topics in the
+/// order of their stream keys. Returns the id.
+///
+/// The id follows `max(herald:last-id, floor)` as `EventId::next` does, with Redis's `TIME` as the clock.
+/// When `herald:last-id` is missing (a new or emptied Redis), the newest entry of each stream counts too,
+/// so that `XADD` can never be refused, and the id is recorded as `herald:epoch`. Nothing is written before
+/// every check has passed, so the script is all or nothing. Trimming deletes the oldest entries with
+/// `XDEL` rather than `XADD MAXLEN`, because only `XDEL` records `max-deleted-entry-id`, which tells a
+/// resuming client that events after its id were trimmed.
+pub(super) const PUBLISH: &str = r"
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local n = #KEYS - 2
+local ms, seq = parse(ARGV[4])
+local last = redis.call('GET', KEYS[1])
+if last then
+  local lms, lseq = parse(last)
+  if lms > ms or (lms == ms and lseq > seq) then ms, seq = lms, lseq end
+else
+  for i = 3, #KEYS do
+    local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
+    if top then
+      local tms, tseq = parse(top[1])
+      if tms > ms or (tms == ms and tseq > seq) then ms, seq = tms, tseq end
+    end
+  end
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if now > ms then ms, seq = now, 0 else seq = seq + 1 end
+local id = string.format('%d-%d', ms, seq)
+if not last then redis.call('SET', KEYS[2], id) end
+redis.call('SET', KEYS[1], id)
+local topics = {}
+for i = 1, n do topics[i] = ARGV[4 + i] end
+local joined = table.concat(topics, ',')
+local max = tonumber(ARGV[1])
+for i = 1, n do
+  local key = KEYS[2 + i]
+  if ARGV[2] == '' then
+    redis.call('XADD', key, id, 'topics', joined, 'data', ARGV[3])
+  else
+    redis.call('XADD', key, id, 'topics', joined, 'type', ARGV[2], 'data', ARGV[3])
+  end
+  local excess = redis.call('XLEN', key) - max
+  if excess > 0 then
+    for _, entry in ipairs(redis.call('XRANGE', key, '-', '+', 'COUNT', excess)) do
+      redis.call('XDEL', key, entry[1])
+    end
+  end
+end
+local kind = cjson.null
+if ARGV[2] ~= '' then kind = ARGV[2] end
+local message = cjson.encode({id = id, topics = topics, type = kind, data = ARGV[3]})
+for i = 1, n do
+  redis.call('PUBLISH', 'herald:channel:' .. topics[i], message)
+end
+return id
+";
+
+/// Reads what a resuming client needs, in one consistent snapshot.
+///
+/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the id to read after.
+/// Returns `[last-id or nil, epoch or nil, then per topic: max-deleted-entry-id, entries after the id]`.
+pub(super) const READ: &str = r"
+local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+for i = 3, #KEYS do
+  local deleted = '0-0'
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    for j = 1, #info, 2 do
+      if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
+    end
+  end
+  out[#out + 1] = deleted
+  out[#out + 1] = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1], '+')
+end
+return out
+";
+
+/// Text of a bulk or simple string.
+pub(super) fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An id from a string value; `None` for nil or anything else.
+pub(super) fn id_of(v: &Value) -> Option<EventId> {
+    text(v).and_then(|s| s.parse().ok())
+}
+
+/// Decodes the entries of an `XRANGE` reply into events; entries Herald did not write are skipped.
+pub(super) fn decode_entries(v: &Value, out: &mut Vec<Event>) {
+    let Value::Array(entries) = v else { return };
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let (Some(id), Some(Value::Array(fields))) = (parts.first().and_then(id_of), parts.get(1)) else { continue };
+        let (mut topics, mut kind, mut data) = (None, None, None);
+        for pair in fields.chunks_exact(2) {
+            match text(&pair[0]) {
+                Some("topics") => topics = text(&pair[1]),
+                Some("type") => kind = text(&pair[1]),
+                Some("data") => data = text(&pair[1]),
+                _ => {}
+            }
+        }
+        let (Some(topics), Some(data)) = (topics, data) else { continue };
+        let topics: Box<[Topic]> = topics.split(',').map(Topic::from).collect();
+        out.push(Event::new(id, topics, kind.filter(|k| !k.is_empty()), data));
+    }
+}
+
+/// The pub/sub message the publish script sends.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct Message {
+    /// The event id.
+    pub(super) id: String,
+    /// Its topics.
+    pub(super) topics: Vec<String>,
+    /// Its type, if any.
+    #[serde(rename = "type")]
+    pub(super) kind: Option<String>,
+    /// Its data.
+    pub(super) data: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn decodes_stream_entries() {
+        let entry = |id: &str, fields: &[&str]| {
+            Value::Array(vec![bulk(id), Value::Array(fields.iter().map(|f| bulk(f)).collect())])
+        };
+        let reply = Value::Array(vec![
+            entry("5-0", &["topics", "a,b", "type", "t.x", "data", "one"]),
+            entry("6-1", &["topics", "a", "data", "two\nlines"]),
+            entry("7-0", &["not", "herald"]),
+        ]);
+        let mut events = Vec::new();
+        decode_entries(&reply, &mut events);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].id, EventId::new(5, 0));
+        assert_eq!(&*events[0].topics, &[Topic::from("a"), Topic::from("b")]);
+        assert_eq!(events[1].id, EventId::new(6, 1));
+        let wire = String::from_utf8_lossy(events[0].chunk.payload_slice()).into_owned();
+        assert_eq!(wire, "id: 5-0\nevent: t.x\ndata: one\n\n");
+    }
+
+    #[test]
+    fn decodes_channel_messages() {
+        let m: Message = serde_json::from_str(r#"{"data":"d","id":"1-2","topics":["a"],"type":null}"#).unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.topics.as_slice(), m.kind, m.data.as_str()),
+            ("1-2", &["a".to_string()][..], None, "d")
+        );
+        assert_eq!(stream_key("a/b"), "herald:stream:a/b");
+        assert_eq!(channel("a/b"), "herald:channel:a/b");
+    }
+}
