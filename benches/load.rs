@@ -1,9 +1,10 @@
 //! # Herald load generator
 //!
-//! Opens many Server-Sent Events subscriptions to a running Herald, publishes events at a fixed rate
-//! through `POST /publish`, and reports what arrived: delivered / missing / duplicated / out-of-order
-//! events, end-to-end latency percentiles, and (with `--server-pid`) the server's memory per connection
-//! and CPU per delivered event. It is a `harness = false` bench target:
+//! Opens many Server-Sent Events subscriptions to a running Herald (or, with `--target nchan`, an nginx
+//! with Nchan: see below), publishes events at a fixed rate through `POST /publish`, and reports what
+//! arrived: delivered / missing / duplicated / out-of-order events, end-to-end latency percentiles, and
+//! (with `--server-pid`) the server's memory per connection and CPU per delivered event. It is a
+//! `harness = false` bench target:
 //!
 //! ```text
 //! cargo build --release
@@ -76,6 +77,19 @@
 //!   shows up as a ~1000 ms connect-time tail.
 //! * CPU times come in clock ticks (10 ms): short runs give coarse CPU figures.
 //!
+//! ## Nchan
+//! `--target nchan` loads nginx's Nchan module instead, for side-by-side figures (benches/compare.sh,
+//! config in benches/nchan/nginx.conf): connection `i` subscribes with `GET /sub/load/N` (several
+//! topics: `GET /sub/load/N,load/M`, which needs `nchan_channel_id_split_delimiter ","`) and
+//! `Accept: text/event-stream`; events are published with `POST /pub/load/N`, the data as a
+//! `text/plain` body (any 2xx counts as published: Nchan answers 201, or 202 when nobody listens).
+//! Nchan's stream is close-delimited, starts with a `: hi` comment and sends `id:` + `data:` lines. Its
+//! one-channel ids (`1795843508:0`, seconds and index) order naturally like Herald's; multiplexed ids
+//! (`1795843508:[0],-`) do not order across channels, so for those out-of-order is checked on the seq
+//! in the data instead (warm-up events first), which also counts publisher races between the
+//! connection's topics. The health probe asks `GET /healthz` (the config answers it). Sample the nginx
+//! *worker* with `--server-pid`, not the master.
+//!
 //! `cargo bench --bench load -- --self-test` checks the HTTP/SSE parsers without a server.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -113,13 +127,34 @@ const ERROR_KINDS_MAX: usize = 64;
 /// Hard cap on the time a child process lives if its parent never says STOP.
 const CHILD_MAX_SECS_DEFAULT: f64 = 3600.0;
 
+/// Which server protocol to speak.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum TargetKind {
+    /// Herald: `GET /events?topics=…`, `POST /publish` (JSON).
+    Herald,
+    /// Nchan (nginx): `GET /sub/{topic}` (EventSource), `POST /pub/{topic}` (raw body).
+    Nchan,
+}
+
+impl TargetKind {
+    fn name(self) -> &'static str {
+        match self {
+            TargetKind::Herald => "herald",
+            TargetKind::Nchan => "nchan",
+        }
+    }
+}
+
 /// Herald load generator: SSE subscribers + paced publishers (loopback only).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "load", version)]
 struct Args {
-    /// Base URL of the Herald server; only loopback addresses are accepted.
+    /// Base URL of the server; only loopback addresses are accepted.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Server protocol: herald, or nchan (nginx's pub/sub module, for comparisons).
+    #[arg(long, value_enum, default_value_t = TargetKind::Herald)]
+    target: TargetKind,
     /// Number of SSE connections.
     #[arg(long, default_value_t = 1000)]
     conns: usize,
@@ -669,6 +704,7 @@ impl Shared {
 }
 
 struct ClientCfg {
+    kind: TargetKind,
     target: Target,
     sources: Vec<IpAddr>,
     topics: usize,
@@ -732,6 +768,9 @@ struct Ctx<'a> {
     topics: u64,
     per_conn: u64,
     first: u64,
+    /// Nchan ids: a multiplexed id (`1795843508:[0],-`) does not order across channels, so events
+    /// with one (or with no id) are ordered by the seq in their data instead.
+    nchan_ids: bool,
 }
 
 /// SSE field state of one connection.
@@ -743,6 +782,8 @@ struct SseState {
     has_data: bool,
     is_reset: bool,
     last_id: Vec<u8>,
+    /// Highest (measured?, seq) seen, when ordering by seq.
+    last_seq: Option<(bool, u64)>,
     seen: SeenSet,
 }
 
@@ -787,7 +828,9 @@ impl SseState {
             return;
         }
         let sh = ctx.sh;
-        if has_id && !self.id.is_empty() {
+        let by_id =
+            has_id && !self.id.is_empty() && !(ctx.nchan_ids && self.id.iter().any(|&b| b == b',' || b == b'['));
+        if by_id {
             match id_cmp(&self.id, &self.last_id) {
                 std::cmp::Ordering::Greater => {
                     self.last_id.clear();
@@ -806,6 +849,21 @@ impl SseState {
         let mut it = self.data.split(|&b| b == b' ');
         let seq_tok = it.next().unwrap_or(b"");
         let ns_tok = it.next().unwrap_or(b"");
+        if ctx.nchan_ids && !by_id {
+            // Warm-up events (seq "wN") come before every measured one.
+            let key = match seq_tok.strip_prefix(b"w") {
+                Some(w) => parse_u64(w).map(|n| (false, n)),
+                None => parse_u64(seq_tok).map(|n| (true, n)),
+            };
+            if let Some(key) = key {
+                match self.last_seq {
+                    Some(last) if key < last => {
+                        sh.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => self.last_seq = Some(key),
+                }
+            }
+        }
         if seq_tok.first() == Some(&b'w') {
             sh.warmup.fetch_add(1, Ordering::Relaxed);
             return;
@@ -887,13 +945,19 @@ async fn open_stream(cfg: &ClientCfg, i: usize) -> Result<(TcpStream, Vec<u8>, b
     sock.bind(SocketAddr::new(src, 0)).map_err(|e| format!("bind {src}: {e}"))?;
     let mut s = sock.connect(cfg.target.addr).await.map_err(|e| format!("connect: {e}"))?;
     let first = cfg.first_topic(i);
-    let topics: Vec<String> = (0..cfg.per_conn).map(|j| format!("load%2F{}", (first + j) % cfg.topics)).collect();
-    let req = format!(
-        "GET {}/events?topics={} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        cfg.target.base,
-        topics.join(","),
-        cfg.target.host
-    );
+    let path = match cfg.kind {
+        TargetKind::Herald => {
+            let topics: Vec<String> =
+                (0..cfg.per_conn).map(|j| format!("load%2F{}", (first + j) % cfg.topics)).collect();
+            format!("{}/events?topics={}", cfg.target.base, topics.join(","))
+        }
+        // Several channels need `nchan_channel_id_split_delimiter ","` (benches/nchan/nginx.conf).
+        TargetKind::Nchan => {
+            let topics: Vec<String> = (0..cfg.per_conn).map(|j| format!("load/{}", (first + j) % cfg.topics)).collect();
+            format!("{}/sub/{}", cfg.target.base, topics.join(","))
+        }
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", cfg.target.host);
     s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::with_capacity(cfg.read_buf);
     let head = read_head(&mut s, &mut buf).await?;
@@ -943,7 +1007,13 @@ async fn run_conn(i: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>, sem: Arc<Semap
     sh.open.fetch_add(1, Ordering::SeqCst);
     sh.ready.fetch_add(1, Ordering::SeqCst);
 
-    let ctx = Ctx { sh: &sh, topics: cfg.topics as u64, per_conn: cfg.per_conn as u64, first: first as u64 };
+    let ctx = Ctx {
+        sh: &sh,
+        topics: cfg.topics as u64,
+        per_conn: cfg.per_conn as u64,
+        first: first as u64,
+        nchan_ids: cfg.kind == TargetKind::Nchan,
+    };
     let mut conn = SseConn {
         f: Framing { buf, dec: 0, chunk: if chunked { Chunk::Size } else { Chunk::Identity } },
         st: SseState::default(),
@@ -1113,6 +1183,7 @@ fn client_cfg(args: &Args) -> Result<Arc<ClientCfg>, String> {
     let target = parse_target(&args.url)?;
     let sources = parse_sources(&args.sources, &target)?;
     Ok(Arc::new(ClientCfg {
+        kind: args.target,
         target,
         sources,
         topics: args.topics,
@@ -1197,6 +1268,7 @@ fn spawn_children(args: &Args, max_life: f64) -> Result<Vec<ChildProc>, String> 
     for k in 0..args.procs {
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(["--url", &args.url])
+            .args(["--target", args.target.name()])
             .args(["--conns", &args.conns.to_string()])
             .args(["--topics", &args.topics.to_string()])
             .args(["--topics-per-conn", &args.topics_per_conn.to_string()])
@@ -1326,7 +1398,8 @@ async fn publisher_loop(run: Arc<PubRun>) {
     let (prefix, total, start, deadline) = (*prefix, *total, *start, *deadline);
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(1024);
-    let path = format!("{}/publish", cfg.target.target.base);
+    let kind = cfg.target.kind;
+    let base = &cfg.target.target.base;
     loop {
         let k = next.fetch_add(1, Ordering::Relaxed);
         if k >= total {
@@ -1366,17 +1439,31 @@ async fn publisher_loop(run: Arc<PubRun>) {
         let sent = unix_nanos();
         let head = format!("{prefix}{k} {sent} ");
         let pad = cfg.payload.saturating_sub(head.len()).min(padding.len());
-        // The data holds only digits, spaces, 'w' and 'x', and topics are load/N: no JSON escaping.
-        let body = format!(r#"{{"topic":"load/{topic}","data":"{head}{}"}}"#, &padding[..pad]);
+        let (path, ctype, body) = match kind {
+            // The data holds only digits, spaces, 'w' and 'x', and topics are load/N: no JSON escaping.
+            TargetKind::Herald => (
+                format!("{base}/publish"),
+                "application/json",
+                format!(r#"{{"topic":"load/{topic}","data":"{head}{}"}}"#, &padding[..pad]),
+            ),
+            TargetKind::Nchan => {
+                (format!("{base}/pub/load/{topic}"), "text/plain", format!("{head}{}", &padding[..pad]))
+            }
+        };
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
             cfg.target.target.host,
             body.len()
         );
         let t0 = Instant::now();
         match timeout(cfg.req_timeout, roundtrip(s, req.as_bytes(), &mut buf)).await {
             Ok(Ok((status, keep))) => {
-                if status == 200 {
+                // Nchan answers 201 (subscribers present) or 202 (none).
+                let ok = match kind {
+                    TargetKind::Herald => status == 200,
+                    TargetKind::Nchan => (200..300).contains(&status),
+                };
+                if ok {
                     sh.ok.fetch_add(1, Ordering::Relaxed);
                     sh.per_topic_ok[topic].fetch_add(1, Ordering::Relaxed);
                     sh.rtt.record(t0.elapsed().as_nanos() as u64);
@@ -1600,7 +1687,8 @@ async fn parent_main(args: Args) -> Result<(), String> {
         })
     };
     println!(
-        "== herald load: {} conns ({} proc), {} topics x{}/conn, {} ev/s for {} s (+{} s warm-up), payload {} B, {} publishers, url {}",
+        "== {} load: {} conns ({} proc), {} topics x{}/conn, {} ev/s for {} s (+{} s warm-up), payload {} B, {} publishers, url {}",
+        args.target.name(),
         args.conns, args.procs, args.topics, args.topics_per_conn, args.rate, args.duration, args.warmup,
         args.payload, args.publishers, args.url
     );
@@ -1942,7 +2030,11 @@ fn ensure(ok: bool, what: &str) -> Result<(), String> {
 
 /// Feeds `pieces` to one connection's parser as if they were successive reads.
 fn feed(sh: &Shared, chunked: bool, pieces: &[&[u8]], topics: u64) -> Result<(), String> {
-    let ctx = Ctx { sh, topics, per_conn: 1, first: 0 };
+    feed_as(sh, chunked, pieces, topics, false)
+}
+
+fn feed_as(sh: &Shared, chunked: bool, pieces: &[&[u8]], topics: u64, nchan_ids: bool) -> Result<(), String> {
+    let ctx = Ctx { sh, topics, per_conn: 1, first: 0, nchan_ids };
     let chunk = if chunked { Chunk::Size } else { Chunk::Identity };
     let mut c = SseConn { f: Framing { buf: Vec::new(), dec: 0, chunk }, st: SseState::default() };
     for p in pieces {
@@ -1974,6 +2066,35 @@ fn self_test() -> Result<(), String> {
             [g(&sh.delivered), g(&sh.duplicates), g(&sh.out_of_order), g(&sh.foreign), g(&sh.resets), g(&sh.warmup)];
         ensure(counts == [3, 1, 1, 1, 1, 1], &format!("chunked SSE in {step}-byte reads: {counts:?}"))?;
     }
+    // Nchan's EventSource framing: close-delimited body, `: hi` first, ids that do not order across
+    // multiplexed channels (order is checked on the seq in the data for those).
+    let mut nchan = Vec::new();
+    nchan.extend(b": hi\n\n");
+    nchan.extend(format!("id: 1795843508:-,[0]\ndata: w7 {now} xx\n\n").bytes()); // warm-up
+    nchan.extend(format!("id: 1795843508:[0],0\ndata: 0 {now} xx\n\n").bytes());
+    nchan.extend(format!("id: 1795843508:0,[1]\ndata: 2 {now}\n\n").bytes());
+    nchan.extend(format!("id: 1795843508:0,[1]\ndata: 2 {now}\n\n").bytes()); // duplicate
+    nchan.extend(format!("id: 1795843509:0,[0]\ndata: 4 {now}\n\n").bytes());
+    nchan.extend(format!("id: 1795843509:[1],0\ndata: 1 {now}\n\n").bytes()); // foreign, out of order
+    nchan.extend(format!("id: 1795843509:[0],0\ndata: 6 {now}\n\n").bytes());
+    for step in [1usize, 5, 1000] {
+        let sh = Shared::new(2);
+        let pieces: Vec<&[u8]> = nchan.chunks(step).collect();
+        feed_as(&sh, false, &pieces, 2, true)?;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counts = [g(&sh.delivered), g(&sh.duplicates), g(&sh.out_of_order), g(&sh.foreign), g(&sh.warmup)];
+        ensure(counts == [4, 1, 1, 1, 1], &format!("Nchan SSE in {step}-byte reads: {counts:?}"))?;
+    }
+    // One channel: plain `time:index` ids give the order (a publisher race that swaps seqs is not
+    // the server's doing).
+    let sh = Shared::new(1);
+    let one = format!(
+        ": hi\n\nid: 1795843508:9\ndata: 1 {now}\n\nid: 1795843508:10\ndata: 0 {now}\n\n\
+         id: 1795843509:0\ndata: 2 {now}\n\nid: 1795843508:11\ndata: 3 {now}\n\n"
+    );
+    feed_as(&sh, false, &[one.as_bytes()], 1, true)?;
+    let counts = [sh.delivered.load(Ordering::Relaxed), sh.out_of_order.load(Ordering::Relaxed)];
+    ensure(counts == [4, 1], &format!("Nchan single-channel ids: {counts:?}"))?;
     let sh = Shared::new(1);
     feed(&sh, false, &[b"data: 0 1\n\ndata: 1 1\n", b"\n"], 1)?;
     ensure(sh.delivered.load(Ordering::Relaxed) == 2, "close-delimited body")?;
