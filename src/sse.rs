@@ -100,7 +100,7 @@ pub fn encode(id: Option<&str>, kind: Option<&str>, data: &str) -> Bytes {
 
 /// [`encode`], framed as an HTTP/1.1 chunk.
 pub fn encode_chunk(id: Option<&str>, kind: Option<&str>, data: &str) -> Chunk {
-    let lines = data.bytes().filter(|&b| b == b'\n' || b == b'\r').count() + 1;
+    let lines = memchr::memchr2_iter(b'\n', b'\r', data.as_bytes()).count() + 1;
     let capacity = id.map_or(0, |i| i.len() + 5) + kind.map_or(0, |k| k.len() + 8) + data.len() + lines * 7 + 1;
     chunk_with(capacity, |buf| write_event(buf, id, kind, data))
 }
@@ -136,7 +136,7 @@ fn split_lines(data: &str) -> impl Iterator<Item = &str> {
             return None;
         }
         let rest = &bytes[start..];
-        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        match memchr::memchr2(b'\r', b'\n', rest) {
             Some(pos) => {
                 let line = &data[start..start + pos];
                 let crlf = rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n');
