@@ -19,6 +19,9 @@ struct ReaderPlan {
     /// Sleep this long after each of the first `slow_events` events.
     slow_delay: Duration,
     slow_events: usize,
+    /// Stay slow past `slow_events` until the server has counted a lagging connection, so that the
+    /// lag this test is about happens however fast the machine publishes.
+    slow_until_lagged: bool,
 }
 
 async fn connect(addr: SocketAddr, topic: &str, last: Option<&str>, plan: ReaderPlan) -> SseClient {
@@ -45,6 +48,7 @@ async fn reader(
 ) -> (Vec<String>, usize) {
     let mut ids: Vec<String> = Vec::with_capacity(expected);
     let mut resumes = 0usize;
+    let mut lagged = !plan.slow_until_lagged;
     let mut next = Some(first);
     'connect: while ids.len() < expected && resumes < 50 {
         let mut c = match next.take() {
@@ -62,7 +66,10 @@ async fn reader(
                     );
                     assert_eq!(e.data.len(), EVENT_SIZE, "event data size");
                     ids.push(e.id().to_string());
-                    if ids.len() <= plan.slow_events {
+                    if !lagged && ids.len() % 10 == 0 {
+                        lagged = metrics(addr).await.get("herald_lagged_total").is_some_and(|n| *n >= 1.0);
+                    }
+                    if ids.len() <= plan.slow_events || !lagged {
                         tokio::time::sleep(plan.slow_delay).await;
                     }
                 }
@@ -94,7 +101,7 @@ async fn stuck_client_does_not_hold_back_readers_or_memory() {
     let stuck = SseClient::try_connect(addr, &events_path(&[&topic], ""), &[], Some(4096)).await.expect("stuck client");
     assert_eq!(stuck.status, 200);
 
-    let fast = ReaderPlan { recv_buffer: None, slow_delay: Duration::ZERO, slow_events: 0 };
+    let fast = ReaderPlan { recv_buffer: None, slow_delay: Duration::ZERO, slow_events: 0, slow_until_lagged: false };
     let mut readers = Vec::new();
     for _ in 0..3 {
         // Subscribed (head received) before the first publish.
@@ -131,7 +138,12 @@ async fn slow_reader_catches_up_or_resumes_without_gap() {
     let server = TestServer::start(&["--queue-size", "8", "--history-size", "5000"]);
     let addr = server.addr();
     let topic = "bp/slow".to_string();
-    let plan = ReaderPlan { recv_buffer: Some(4096), slow_delay: Duration::from_millis(20), slow_events: 100 };
+    let plan = ReaderPlan {
+        recv_buffer: Some(4096),
+        slow_delay: Duration::from_millis(20),
+        slow_events: 100,
+        slow_until_lagged: true,
+    };
     let c = connect(addr, &topic, None, plan).await;
     let slow = tokio::spawn(reader(addr, topic.clone(), N, plan, c));
     let mut published = Vec::with_capacity(N);
