@@ -28,6 +28,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub history_size: u64,
 
+    /// Also drop events older than this many seconds from each topic's history (fractions allowed);
+    /// a client that was away longer gets `herald.reset` for the topics that lost events.
+    #[arg(long, env = "HERALD_HISTORY_TTL", value_parser = parse_secs, global = true)]
+    pub history_ttl: Option<Duration>,
+
     /// Seconds a stream may stay idle before a heartbeat comment is sent (fractions allowed).
     #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15", value_parser = parse_secs, global = true)]
     pub heartbeat: Duration,

@@ -145,6 +145,30 @@ async fn trimmed_history_resets_only_incomplete_topics() {
     let _ = b;
 }
 
+/// `--history-ttl`: events older than the limit leave the history (even on a topic nobody publishes to any
+/// more), and a client that had not seen them gets `herald.reset` naming only that topic; one that had
+/// seen everything that expired resumes without a reset.
+#[tokio::test]
+async fn history_ttl_expires_events_and_resets() {
+    let server = TestServer::start(&["--history-ttl", "1"]);
+    let addr = server.addr();
+    let old = publish_n(addr, "old", 2).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let fresh = publish(addr, &["fresh"], None, "f0").await;
+
+    let mut c = SseClient::open(addr, "/events?topics=old,fresh", &[("Last-Event-ID", &old[0])]).await;
+    let first = c.next_event(T).await;
+    let (topics, reason) = reset_payload(&first);
+    assert_eq!(topics, vec!["old".to_string()], "only the topic that lost events is named");
+    assert_eq!(reason, "trimmed");
+    assert_eq!(c.next_event(T).await.id(), fresh, "the expired event is not replayed; the fresh one is");
+    c.assert_no_event(Duration::from_millis(300)).await;
+
+    // A client that had seen the newest expired event lost nothing.
+    let mut c = SseClient::open(addr, "/events?topics=old,fresh", &[("Last-Event-ID", &old[1])]).await;
+    assert_eq!(c.next_event(T).await.id(), fresh, "no reset: nothing the client missed expired");
+}
+
 /// Resuming from the newest trimmed id: nothing newer was trimmed, so no reset.
 #[tokio::test]
 async fn trimmed_boundary_needs_no_reset() {
@@ -402,6 +426,7 @@ mod on_redis {
         wellformed_id_older_than_history_resets,
         trimmed_history_resets_only_incomplete_topics,
         trimmed_boundary_needs_no_reset,
+        history_ttl_expires_events_and_resets,
         malformed_ids_reset_all_topics,
         future_id_resets,
         resume_race_no_gap_no_duplicate,

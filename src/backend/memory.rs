@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{judge_last_id, Backend, NewEvent, Replay, Reset};
+use super::{judge_last_id, Backend, HistoryLimits, NewEvent, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Hub, Registration};
 use crate::id::{EventId, LastEventId};
@@ -27,7 +27,7 @@ use crate::topic::Topic;
 #[derive(Debug)]
 pub struct MemoryBackend {
     hub: Arc<Hub>,
-    history_size: usize,
+    history: HistoryLimits,
     /// The first id this process may issue; older ids are from before a restart.
     epoch: EventId,
     state: Mutex<State>,
@@ -46,16 +46,30 @@ struct TopicHistory {
     trimmed_through: Option<EventId>,
 }
 
+impl TopicHistory {
+    /// Drops the oldest events beyond `limits.size`, and those older than `cutoff`.
+    fn trim(&mut self, limits: &HistoryLimits, cutoff: Option<EventId>) {
+        while let Some(oldest) = self.events.front() {
+            let expired = cutoff.is_some_and(|cutoff| oldest.id < cutoff);
+            if self.events.len() <= limits.size && !expired {
+                break;
+            }
+            self.trimmed_through = Some(oldest.id);
+            self.events.pop_front();
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl MemoryBackend {
-    /// Makes a backend keeping `history_size` events per topic, feeding a new hub.
-    pub fn new(history_size: usize, queue_size: usize, metrics: Arc<Metrics>) -> Self {
+    /// Makes a backend keeping `history` per topic, feeding a new hub.
+    pub fn new(history: HistoryLimits, queue_size: usize, metrics: Arc<Metrics>) -> Self {
         MemoryBackend {
             hub: Arc::new(Hub::new(queue_size, metrics)),
-            history_size: history_size.max(1),
+            history: HistoryLimits { size: history.size.max(1), ..history },
             epoch: EventId::new(now_ms(), 0),
             state: Mutex::default(),
         }
@@ -74,17 +88,15 @@ impl Backend for MemoryBackend {
 
     async fn publish(&self, event: NewEvent) -> Result<EventId, Error> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let id = state.last_issued.unwrap_or(self.epoch).next(now_ms());
+        let now = now_ms();
+        let id = state.last_issued.unwrap_or(self.epoch).next(now);
+        let cutoff = self.history.cutoff(now);
         state.last_issued = Some(id);
         let event = Arc::new(Event::new(id, event.topics.into(), event.kind.as_deref(), &event.data));
         for topic in event.topics.iter() {
             let history = state.topics.entry(topic.clone()).or_default();
             history.events.push_back(event.clone());
-            while history.events.len() > self.history_size {
-                if let Some(old) = history.events.pop_front() {
-                    history.trimmed_through = Some(old.id);
-                }
-            }
+            history.trim(&self.history, cutoff);
         }
         self.hub.dispatch(&event);
         Ok(id)
@@ -95,12 +107,15 @@ impl Backend for MemoryBackend {
     }
 
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (after, mut reset) = judge_last_id(last, self.epoch, state.last_issued, topics);
+        let cutoff = self.history.cutoff(now_ms());
         let mut events = Vec::new();
         let mut trimmed = Vec::new();
         for topic in topics {
-            let Some(history) = state.topics.get(topic) else { continue };
+            let Some(history) = state.topics.get_mut(topic) else { continue };
+            // Expire by age here too: a topic nobody publishes to is trimmed only when read.
+            history.trim(&self.history, cutoff);
             if history.trimmed_through.is_some_and(|t| t > after) {
                 trimmed.push(topic.clone());
             }
@@ -128,7 +143,7 @@ mod tests {
     use super::*;
 
     fn backend(history: usize) -> MemoryBackend {
-        MemoryBackend::new(history, 64, Arc::default())
+        MemoryBackend::new(HistoryLimits { size: history, ttl: None }, 64, Arc::default())
     }
 
     async fn publish(b: &MemoryBackend, topics: &[&str]) -> EventId {
@@ -178,6 +193,24 @@ mod tests {
             assert_eq!(r.reset.map(|r| r.reason), Some(reason));
             assert_eq!(r.events.len(), 3, "everything retained is replayed after a reset");
         }
+    }
+
+    #[tokio::test]
+    async fn expired_events_count_as_trimmed() {
+        let ttl = std::time::Duration::from_millis(50);
+        let b = MemoryBackend::new(HistoryLimits { size: 10, ttl: Some(ttl) }, 64, Arc::default());
+        let first = publish(&b, &["a"]).await;
+        let second = publish(&b, &["a"]).await;
+        tokio::time::sleep(ttl * 2).await;
+        let topics: Vec<Topic> = vec!["a".into(), "b".into()];
+        // Read without any publish in between: expiry happens on read too.
+        let r = b.replay(&topics, LastEventId::Id(first)).await.unwrap();
+        assert_eq!(r.reset, Some(Reset { topics: vec!["a".into()], reason: "trimmed" }));
+        assert!(r.events.is_empty());
+        let third = publish(&b, &["a"]).await;
+        let r = b.replay(&topics, LastEventId::Id(second)).await.unwrap();
+        assert_eq!(r.reset, None, "the client had seen everything that expired");
+        assert_eq!(ids(&r), [third]);
     }
 
     #[tokio::test]

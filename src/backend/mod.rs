@@ -19,6 +19,29 @@ pub mod redis;
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;
 
+/// How much history each topic keeps: the newest `size` events, and with a `ttl` only those younger
+/// than it. Ids carry their creation time in milliseconds, so an event's age is read off its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Events retained per topic (at least 1).
+    pub size: usize,
+    /// Maximum age of a retained event.
+    pub ttl: Option<std::time::Duration>,
+}
+
+impl HistoryLimits {
+    /// The smallest id not yet expired when the clock reads `now_ms`, if history is bounded by age.
+    pub fn cutoff(&self, now_ms: u64) -> Option<EventId> {
+        let ttl_ms = u64::try_from(self.ttl?.as_millis()).unwrap_or(u64::MAX);
+        Some(EventId::new(now_ms.saturating_sub(ttl_ms), 0))
+    }
+
+    /// The age bound in milliseconds, 0 for none (the form the Redis scripts take).
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+}
+
 /// An event as a publisher gave it, validated, before it has an id.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -45,6 +68,7 @@ pub struct Reset {
     /// Topics whose history is incomplete.
     pub topics: Vec<Topic>,
     /// A short machine-readable reason (`trimmed`, `malformed_id`, `unknown_id`, `history_lost`).
+    /// Events dropped for age (`--history-ttl`) count as `trimmed`.
     pub reason: &'static str,
 }
 

@@ -22,7 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::front::Sniffed;
 use self::rewind::Rewind;
-use crate::backend::{Backend, MemoryBackend, RedisBackend};
+use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
 use crate::http::{App, AppState, Limits};
 use crate::metrics::Metrics;
@@ -56,7 +56,8 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// # Errors
 /// `--redis-url` is not a Redis URL.
 fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Backend>, String> {
-    let history = usize::try_from(config.history_size).unwrap_or(usize::MAX);
+    let history =
+        HistoryLimits { size: usize::try_from(config.history_size).unwrap_or(usize::MAX), ttl: config.history_ttl };
     let queue = usize::try_from(config.queue_size).unwrap_or(usize::MAX);
     Ok(match &config.redis_url {
         Some(url) => Arc::new(RedisBackend::connect(url, history, queue, metrics.clone())?),

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
-use redis::Value;
+use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::scripts::{channel, decode_entries, id_of, stream_key, Message, EPOCH_KEY, LAST_ID_KEY};
+use super::scripts::{channel, id_of, Message, LAST_ID_KEY};
 use super::COMMAND_TIMEOUT;
 use crate::hub::Hub;
 use crate::id::EventId;
@@ -77,6 +77,9 @@ pub(super) struct Feed {
     /// The last id dispatched to the hub; `None` until the first connection.
     last: Option<EventId>,
     subscribed: HashSet<Topic>,
+    /// The read script and the history age limit (ms, 0 for none), for catching up.
+    read: Script,
+    ttl_ms: u64,
 }
 
 /// Why a session ended.
@@ -100,7 +103,27 @@ impl Feed {
     ) -> Self {
         let info = client.get_connection_info();
         let target = format!("{}/{}", info.addr(), info.redis_settings().db());
-        Feed { client, commands, hub, metrics, state, requests, idle, target, last: None, subscribed: HashSet::new() }
+        Feed {
+            client,
+            commands,
+            hub,
+            metrics,
+            state,
+            requests,
+            idle,
+            target,
+            last: None,
+            subscribed: HashSet::new(),
+            read: Script::new(super::scripts::READ),
+            ttl_ms: 0,
+        }
+    }
+
+    /// Sets the read script and the history age limit used when catching up.
+    pub(super) fn reading_with(mut self, read: Script, ttl_ms: u64) -> Self {
+        self.read = read;
+        self.ttl_ms = ttl_ms;
+        self
     }
 
     /// Runs until the backend is dropped.
@@ -239,21 +262,11 @@ impl Feed {
             return Ok(());
         }
         let topics: Vec<Topic> = self.subscribed.iter().cloned().collect();
-        let mut pipe = redis::pipe();
-        pipe.atomic().get(LAST_ID_KEY).get(EPOCH_KEY);
-        let start = format!("({after}");
-        for topic in &topics {
-            pipe.cmd("XRANGE").arg(stream_key(topic)).arg(&start).arg("+");
-        }
         let mut con = self.commands.clone();
-        let replies: Vec<Value> = self.command(pipe.query_async(&mut con)).await?;
+        let read = super::read_snapshot(&mut con, &self.read, &topics, after, self.ttl_ms);
+        let snapshot = self.command(read).await?;
         Metrics::add(&self.metrics.backend_catchup_reads, topics.len() as u64);
-        let last_issued = replies.first().and_then(id_of);
-        let epoch = replies.get(1).and_then(id_of);
-        let mut events = Vec::new();
-        for reply in replies.iter().skip(2) {
-            decode_entries(reply, &mut events);
-        }
+        let mut events = snapshot.events;
         events.sort_unstable_by_key(|e| e.id);
         events.dedup_by_key(|e| e.id);
         let mut caught_up = 0u64;
@@ -268,10 +281,15 @@ impl Feed {
             tracing::info!(events = caught_up, "caught up from redis streams after reconnecting");
         }
         // Redis has no history, or its history starts after the last event this node saw: Redis lost
-        // what came in between, if anything.
+        // what came in between, if anything. Streams on those topics catch up (or close, so that their
+        // clients resume and are told): the same when events were trimmed while the node was away.
+        let (last_issued, epoch) = (snapshot.last_issued, snapshot.epoch);
         if after > EventId::ZERO && (last_issued.is_none() || epoch.is_some_and(|epoch| epoch > after)) {
             tracing::warn!(%after, "redis lost its history; local streams catch up from what is left");
             self.hub.lag_topics(&topics);
+        } else if !snapshot.trimmed.is_empty() {
+            tracing::warn!(%after, topics = snapshot.trimmed.len(), "events were trimmed while the pub/sub connection was down");
+            self.hub.lag_topics(&snapshot.trimmed);
         }
         Ok(())
     }

@@ -23,7 +23,7 @@
 //! data), sets `herald:last-id` (and `herald:epoch` when `herald:last-id` was missing), `XADD`s the event
 //! to each topic's stream with that explicit id, trims, and `PUBLISH`es it on each topic's channel. The
 //! script text is `PUBLISH` in `src/backend/redis/scripts.rs`; any program may run it (`EVAL script 2+N herald:last-id
-//! herald:epoch herald:stream:{t1}… history-size type data 0-0 t1…`) to publish without Herald. A Redis
+//! herald:epoch herald:stream:{t1}… history-size ttl-ms type data 0-0 t1…`) to publish without Herald. A Redis
 //! Streams consumer group on `herald:stream:{topic}` sees every event of that topic.
 //!
 //! ## Live delivery and resuming
@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::feed::{Ensure, Feed, FeedState};
 use self::scripts::{decode_entries, id_of, stream_key, EPOCH_KEY, LAST_ID_KEY};
-use super::{judge_last_id, Backend, NewEvent, Replay, Reset};
+use super::{judge_last_id, Backend, HistoryLimits, NewEvent, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Hub, Registration};
 use crate::id::{EventId, LastEventId};
@@ -67,7 +67,7 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct RedisBackend {
     hub: Arc<Hub>,
-    history_size: usize,
+    history: HistoryLimits,
     commands: ConnectionManager,
     publish: Script,
     read: Script,
@@ -83,7 +83,12 @@ impl RedisBackend {
     ///
     /// # Errors
     /// The URL is not a Redis URL.
-    pub fn connect(url: &str, history_size: usize, queue_size: usize, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn connect(
+        url: &str,
+        history: HistoryLimits,
+        queue_size: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("bad --redis-url: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
@@ -96,11 +101,13 @@ impl RedisBackend {
         let hub = Arc::new(Hub::with_idle_notifier(queue_size, metrics.clone(), idle_tx));
         let (feed_tx, feed_rx) = mpsc::unbounded_channel();
         let state = Arc::new(FeedState::default());
-        let feed = Feed::new(client, commands.clone(), hub.clone(), metrics.clone(), state.clone(), feed_rx, idle_rx);
+        let history = HistoryLimits { size: history.size.max(1), ..history };
+        let feed = Feed::new(client, commands.clone(), hub.clone(), metrics.clone(), state.clone(), feed_rx, idle_rx)
+            .reading_with(Script::new(scripts::READ), history.ttl_ms());
         tokio::spawn(feed.run());
         Ok(RedisBackend {
             hub,
-            history_size: history_size.max(1),
+            history,
             commands,
             publish: Script::new(scripts::PUBLISH),
             read: Script::new(scripts::READ),
@@ -127,39 +134,54 @@ impl RedisBackend {
 
     /// One snapshot of the history of `topics` after `after`.
     async fn read(&self, topics: &[Topic], after: EventId) -> Result<Snapshot, Error> {
-        let mut invocation = self.read.prepare_invoke();
-        invocation.key(LAST_ID_KEY).key(EPOCH_KEY);
-        for topic in topics {
-            invocation.key(stream_key(topic));
-        }
-        invocation.arg(after.to_string());
         let mut con = self.commands.clone();
-        let reply: Vec<Value> = self.command(invocation.invoke_async(&mut con)).await?;
-        let mut snapshot = Snapshot {
-            last_issued: reply.first().and_then(id_of),
-            epoch: reply.get(1).and_then(id_of),
-            trimmed: Vec::new(),
-            events: Vec::new(),
-        };
-        for (topic, pair) in topics.iter().zip(reply.get(2..).unwrap_or_default().chunks(2)) {
-            if pair.first().and_then(id_of).is_some_and(|deleted| deleted > after) {
-                snapshot.trimmed.push(topic.clone());
-            }
-            if let Some(entries) = pair.get(1) {
-                decode_entries(entries, &mut snapshot.events);
-            }
-        }
-        Ok(snapshot)
+        self.command(read_snapshot(&mut con, &self.read, topics, after, self.history.ttl_ms())).await
     }
 }
 
-/// What [`RedisBackend::read`] found.
-struct Snapshot {
-    last_issued: Option<EventId>,
-    epoch: Option<EventId>,
-    /// Topics with an entry newer than the id read after trimmed away.
-    trimmed: Vec<Topic>,
-    events: Vec<crate::sse::Event>,
+/// What the read script found: where the deployment's ids stand, which topics lost events after the
+/// id read from, and the retained events after it.
+pub(super) struct Snapshot {
+    /// `herald:last-id`.
+    pub(super) last_issued: Option<EventId>,
+    /// `herald:epoch`.
+    pub(super) epoch: Option<EventId>,
+    /// Topics with an entry newer than the id read after trimmed away (by count or by age).
+    pub(super) trimmed: Vec<Topic>,
+    /// Retained events after the id, per topic in id order (not merged).
+    pub(super) events: Vec<crate::sse::Event>,
+}
+
+/// Runs the read script (see [`scripts::READ`]) for `topics` after `after`.
+pub(super) async fn read_snapshot(
+    con: &mut ConnectionManager,
+    script: &Script,
+    topics: &[Topic],
+    after: EventId,
+    ttl_ms: u64,
+) -> redis::RedisResult<Snapshot> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(LAST_ID_KEY).key(EPOCH_KEY);
+    for topic in topics {
+        invocation.key(stream_key(topic));
+    }
+    invocation.arg(after.to_string()).arg(ttl_ms);
+    let reply: Vec<Value> = invocation.invoke_async(con).await?;
+    let mut snapshot = Snapshot {
+        last_issued: reply.first().and_then(id_of),
+        epoch: reply.get(1).and_then(id_of),
+        trimmed: Vec::new(),
+        events: Vec::new(),
+    };
+    for (topic, pair) in topics.iter().zip(reply.get(2..).unwrap_or_default().chunks(2)) {
+        if pair.first().and_then(id_of).is_some_and(|deleted| deleted > after) {
+            snapshot.trimmed.push(topic.clone());
+        }
+        if let Some(entries) = pair.get(1) {
+            decode_entries(entries, &mut snapshot.events);
+        }
+    }
+    Ok(snapshot)
 }
 
 #[async_trait]
@@ -179,7 +201,8 @@ impl Backend for RedisBackend {
         for topic in &event.topics {
             invocation.key(stream_key(topic));
         }
-        invocation.arg(self.history_size).arg(event.kind.as_deref().unwrap_or("")).arg(&event.data);
+        invocation.arg(self.history.size).arg(self.history.ttl_ms());
+        invocation.arg(event.kind.as_deref().unwrap_or("")).arg(&event.data);
         invocation.arg(floor.to_string());
         for topic in &event.topics {
             invocation.arg(&**topic);

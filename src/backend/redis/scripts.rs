@@ -28,22 +28,23 @@ pub(super) fn channel(topic: &str) -> String {
 /// Publishes one event, atomically.
 ///
 /// `KEYS`: `herald:last-id`, `herald:epoch`, then `herald:stream:{topic}` for each topic.
-/// `ARGV`: history size, type (`""` for none), data, a floor id (`0-0` for none), then the topics in the
-/// order of their stream keys. Returns the id.
+/// `ARGV`: history size, history age limit in milliseconds (`0` for none), type (`""` for none), data, a
+/// floor id (`0-0` for none), then the topics in the order of their stream keys. Returns the id.
 ///
 /// The id follows `max(herald:last-id, floor)` as `EventId::next` does, with Redis's `TIME` as the clock.
 /// When `herald:last-id` is missing (a new or emptied Redis), the newest entry of each stream counts too,
 /// so that `XADD` can never be refused, and the id is recorded as `herald:epoch`. Nothing is written before
 /// every check has passed, so the script is all or nothing. Trimming deletes the oldest entries with
 /// `XDEL` rather than `XADD MAXLEN`, because only `XDEL` records `max-deleted-entry-id`, which tells a
-/// resuming client that events after its id were trimmed.
+/// resuming client that events after its id were trimmed. With an age limit, entries older than it are
+/// deleted the same way.
 pub(super) const PUBLISH: &str = r"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
 local n = #KEYS - 2
-local ms, seq = parse(ARGV[4])
+local ms, seq = parse(ARGV[5])
 local last = redis.call('GET', KEYS[1])
 if last then
   local lms, lseq = parse(last)
@@ -64,15 +65,16 @@ local id = string.format('%d-%d', ms, seq)
 if not last then redis.call('SET', KEYS[2], id) end
 redis.call('SET', KEYS[1], id)
 local topics = {}
-for i = 1, n do topics[i] = ARGV[4 + i] end
+for i = 1, n do topics[i] = ARGV[5 + i] end
 local joined = table.concat(topics, ',')
 local max = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
 for i = 1, n do
   local key = KEYS[2 + i]
-  if ARGV[2] == '' then
-    redis.call('XADD', key, id, 'topics', joined, 'data', ARGV[3])
+  if ARGV[3] == '' then
+    redis.call('XADD', key, id, 'topics', joined, 'data', ARGV[4])
   else
-    redis.call('XADD', key, id, 'topics', joined, 'type', ARGV[2], 'data', ARGV[3])
+    redis.call('XADD', key, id, 'topics', joined, 'type', ARGV[3], 'data', ARGV[4])
   end
   local excess = redis.call('XLEN', key) - max
   if excess > 0 then
@@ -80,10 +82,16 @@ for i = 1, n do
       redis.call('XDEL', key, entry[1])
     end
   end
+  if ttl > 0 then
+    local cutoff = string.format('%d-0', math.max(0, now - ttl))
+    for _, entry in ipairs(redis.call('XRANGE', key, '-', '(' .. cutoff)) do
+      redis.call('XDEL', key, entry[1])
+    end
+  end
 end
 local kind = cjson.null
-if ARGV[2] ~= '' then kind = ARGV[2] end
-local message = cjson.encode({id = id, topics = topics, type = kind, data = ARGV[3]})
+if ARGV[3] ~= '' then kind = ARGV[3] end
+local message = cjson.encode({id = id, topics = topics, type = kind, data = ARGV[4]})
 for i = 1, n do
   redis.call('PUBLISH', 'herald:channel:' .. topics[i], message)
 end
@@ -92,12 +100,26 @@ return id
 
 /// Reads what a resuming client needs, in one consistent snapshot.
 ///
-/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the id to read after.
+/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the id to read after,
+/// `ARGV[2]`: the history age limit in milliseconds (`0` for none): older entries are deleted first, as the
+/// publish script would have, so that a topic nobody publishes to still expires and reports it.
 /// Returns `[last-id or nil, epoch or nil, then per topic: max-deleted-entry-id, entries after the id]`.
 pub(super) const READ: &str = r"
 local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+local ttl = tonumber(ARGV[2])
+local cutoff = nil
+if ttl > 0 then
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  cutoff = string.format('%d-0', math.max(0, now - ttl))
+end
 for i = 3, #KEYS do
   local deleted = '0-0'
+  if cutoff and redis.call('EXISTS', KEYS[i]) == 1 then
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '(' .. cutoff)) do
+      redis.call('XDEL', KEYS[i], entry[1])
+    end
+  end
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local info = redis.call('XINFO', 'STREAM', KEYS[i])
     for j = 1, #info, 2 do
