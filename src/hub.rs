@@ -207,6 +207,23 @@ struct MailboxState {
     waker: Option<Waker>,
 }
 
+impl MailboxState {
+    /// Marks the connection lagging and frees its queue at once; it catches up from history.
+    fn lag(&mut self) {
+        self.lagged = true;
+        self.queue = VecDeque::new();
+    }
+}
+
+/// Wakes the mailbox's task, if it waits, after releasing the lock.
+fn wake(mut state: MutexGuard<'_, MailboxState>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Push {
     Queued,
@@ -235,44 +252,28 @@ impl Mailbox {
         if state.queue.back().is_some_and(|last| last.id == event.id) {
             return Push::Ignored;
         }
-        let outcome = if state.queue.len() >= capacity {
-            state.lagged = true;
-            state.queue = VecDeque::new();
-            Push::Overflowed
-        } else {
-            state.queue.push_back(event.clone());
-            Push::Queued
-        };
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
+        if state.queue.len() >= capacity {
+            state.lag();
+            wake(state);
+            return Push::Overflowed;
         }
-        outcome
+        state.queue.push_back(event.clone());
+        wake(state);
+        Push::Queued
     }
 
     fn mark_lagged(&self) {
         let mut state = lock(&self.state);
-        if state.closed || state.lagged {
-            return;
-        }
-        state.lagged = true;
-        state.queue = VecDeque::new();
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
+        if !state.closed && !state.lagged {
+            state.lag();
+            wake(state);
         }
     }
 
     fn close(&self) {
         let mut state = lock(&self.state);
         state.closed = true;
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake(state);
     }
 
     /// Moves up to `max` queued events into `out`, or reports lag or closure, or registers the task to be
