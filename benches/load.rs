@@ -17,23 +17,29 @@
 //! # 4 child processes, 2 source addresses
 //! cargo bench --bench load -- --url http://127.0.0.1:18080 --server-pid $! \
 //!     --conns 40000 --procs 4 --sources 127.0.0.1,127.0.0.2 --topics 1 --rate 10 --duration 10
+//! # two nodes sharing a Redis: connections and publishers alternate between them
+//! cargo bench --bench load -- --url http://127.0.0.1:18090,http://127.0.0.1:18091 \
+//!     --server-pid $PID1,$PID2 --conns 10000 --topics 1 --rate 10 --duration 10
 //! ```
 //! With no arguments (as `cargo test --benches` and a plain `cargo bench` run it) it does nothing, so
 //! that it never loads a server by accident; give at least one option (`--url` defaults to
 //! `http://127.0.0.1:8080`). A probe of `GET /healthz` fails the run early when nothing answers.
 //!
 //! ## What it does
-//! 1. Checks that the target and every `--sources` address are loopback (127.0.0.0/8 or ::1) and refuses
-//!    anything else; probes `GET /healthz`.
-//! 2. Opens `--conns` subscriptions, at most `--connect-concurrency` in flight. Connection `i` binds its
-//!    socket to source `i % S` (one source address has only ~28k ephemeral ports) and subscribes to
+//! 1. Checks that every `--url` target and every `--sources` address are loopback (127.0.0.0/8 or ::1)
+//!    and refuses anything else; probes `GET /healthz` at each URL.
+//! 2. Opens `--conns` subscriptions, at most `--connect-concurrency` in flight. Connection `i` goes to
+//!    URL `i % n` of the `--url` list (n URLs; with `--procs` each child opens its share `i` of the same
+//!    global numbering, so the spread is the same), binds its socket to source `i % S` (one source
+//!    address has only ~28k ephemeral ports) and subscribes to
 //!    `--topics-per-conn` K topics `load/{(i*K + j) % T}`, `j < K` (K = 1: `load/{i % T}`). Each client is
 //!    a raw `TcpStream` with one small buffer: it parses the response head, decodes chunked (or
 //!    close-delimited) bodies and the SSE fields in place.
 //! 3. Waits `--idle` seconds and samples the server's `VmRSS` (`/proc/PID/status`); RSS per connection is
 //!    `(rss_connected - rss_before) / open connections`.
 //! 4. Publishes `--warmup` seconds of events that are not counted, then `--duration` seconds at `--rate`
-//!    events/s over `--publishers` keep-alive HTTP/1.1 connections. Event `seq` goes to topic
+//!    events/s over `--publishers` keep-alive HTTP/1.1 connections, publisher `j` to URL `j % n` (each
+//!    takes the next due event whichever URL it uses; give at least n publishers). Event `seq` goes to topic
 //!    `load/{seq % T}`; its data is `"<seq> <send_unix_nanos> "` padded with `x` to `--payload` bytes
 //!    (warm-up events have a `w` before the seq). The schedule is computed (event k is due at
 //!    `start + k/rate`); a late publisher sends at once to catch up, and publishing stops at
@@ -58,6 +64,17 @@
 //!   kept in a fixed histogram of 10 µs buckets up to 10 s (percentiles are bucket upper bounds);
 //! * server CPU = utime + stime (`/proc/PID/stat`, `getconf CLK_TCK`, 100 if that fails) from the start
 //!   of the measured publishing to the end of the drain, and per delivered event.
+//!
+//! ## Several nodes
+//! `--url` takes a comma-separated list of base URLs (nodes sharing a backend, e.g. Herald with
+//! `--redis-url`), `--server-pid` a comma-separated list of PIDs. The accounting does not change:
+//! expected deliveries come from the generator's own seq numbers and subscriber counts, whichever node
+//! an event was published through or delivered by (so nodes that do not share a backend show up as
+//! missing events). With several PIDs, RSS and CPU are summed: RSS per connection = total growth /
+//! total open connections, CPU per delivery = total CPU / total deliveries (`server_*` in RESULT).
+//! Each server's own figures are printed and kept in `servers`; with as many PIDs as URLs, PID k is
+//! taken as the server of URL k, and its per-connection and per-delivery figures count only the
+//! connections to that URL. `per_url` holds each URL's open connections, publishers and deliveries.
 //!
 //! The last line of output is `RESULT {json}` with every figure.
 //!
@@ -149,7 +166,8 @@ impl TargetKind {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "load", version)]
 struct Args {
-    /// Base URL of the server; only loopback addresses are accepted.
+    /// Base URL of the server, or a comma-separated list of base URLs (several nodes): connection i goes
+    /// to URL i % n and publisher j to URL j % n. Only loopback addresses are accepted.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Server protocol: herald, or nchan (nginx's pub/sub module, for comparisons).
@@ -182,9 +200,10 @@ struct Args {
     /// Size in bytes of each event's data (at least the seq and timestamp are sent).
     #[arg(long, default_value_t = 64)]
     payload: usize,
-    /// PID of the server, to sample its RSS and CPU time from /proc.
+    /// PID of the server, to sample its RSS and CPU time from /proc; a comma-separated list for several
+    /// servers (figures are summed; with as many PIDs as URLs, PID k is taken as the server of URL k).
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Option<String>,
     /// Seconds to wait after publishing for events still in flight.
     #[arg(long, default_value_t = 3.0)]
     drain: f64,
@@ -414,6 +433,8 @@ fn fmt_ms(v: Option<f64>) -> String {
 
 /// Where the server is.
 struct Target {
+    /// The URL as given.
+    url: String,
     addr: SocketAddr,
     host: String,
     base: String,
@@ -445,21 +466,47 @@ fn parse_target(url: &str) -> Result<Target, String> {
         return Err(format!("refusing non-loopback target {ip}: load is only sent to 127.0.0.0/8 or ::1"));
     }
     Ok(Target {
+        url: url.to_string(),
         addr: SocketAddr::new(ip, port),
         host: authority.to_string(),
         base: path.trim_end_matches('/').to_string(),
     })
 }
 
-fn parse_sources(s: &str, target: &Target) -> Result<Vec<IpAddr>, String> {
+/// `--url`: one base URL or a comma-separated list of them (one per node).
+fn parse_targets(s: &str) -> Result<Vec<Target>, String> {
+    let out: Vec<Target> =
+        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(parse_target).collect::<Result<_, _>>()?;
+    if out.is_empty() {
+        return Err("--url is empty".into());
+    }
+    Ok(out)
+}
+
+/// `--server-pid`: one PID or a comma-separated list of them.
+fn parse_pids(s: Option<&str>) -> Result<Vec<u32>, String> {
+    let Some(s) = s else { return Ok(Vec::new()) };
+    let out: Vec<u32> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|_| format!("bad --server-pid {p}")))
+        .collect::<Result<_, _>>()?;
+    if out.is_empty() {
+        return Err("--server-pid is empty".into());
+    }
+    Ok(out)
+}
+
+fn parse_sources(s: &str, targets: &[Target]) -> Result<Vec<IpAddr>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let ip: IpAddr = part.parse().map_err(|_| format!("bad source address {part}"))?;
         if !ip.is_loopback() {
             return Err(format!("refusing non-loopback source address {ip}"));
         }
-        if ip.is_ipv4() != target.addr.is_ipv4() {
-            return Err(format!("source {ip} is not of the same family as the target"));
+        if let Some(t) = targets.iter().find(|t| t.addr.is_ipv4() != ip.is_ipv4()) {
+            return Err(format!("source {ip} is not of the same family as the target {}", t.url));
         }
         out.push(ip);
     }
@@ -492,6 +539,16 @@ fn sample_proc(pid: &str) -> ProcSample {
         Some(ut + st)
     });
     ProcSample { rss_kib, cpu_ticks }
+}
+
+/// The sum of several processes' samples (`None` for a figure when any of them lacks it; `None` when
+/// there are no samples at all).
+fn sum_samples(v: &[ProcSample]) -> Option<ProcSample> {
+    if v.is_empty() {
+        return None;
+    }
+    let sum = |f: fn(&ProcSample) -> Option<u64>| v.iter().map(f).sum::<Option<u64>>();
+    Some(ProcSample { rss_kib: sum(|s| s.rss_kib), cpu_ticks: sum(|s| s.cpu_ticks) })
 }
 
 fn cpu_delta(a: ProcSample, b: ProcSample, tck: f64) -> Option<f64> {
@@ -673,6 +730,10 @@ struct Shared {
     unparsed: AtomicU64,
     last_delivery_ns: AtomicU64,
     subs: Vec<AtomicU64>,
+    /// Open connections per URL (index into `ClientCfg::targets`).
+    open_by_url: Vec<AtomicU64>,
+    /// Delivered (measured, unique) events per URL of the receiving connection.
+    delivered_by_url: Vec<AtomicU64>,
     /// End-to-end latency of measured events.
     hist: Hist,
     /// Time from starting a connection attempt to its response head (successful ones).
@@ -681,7 +742,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(topics: usize) -> Self {
+    fn new(topics: usize, urls: usize) -> Self {
         Self {
             ready: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
@@ -696,6 +757,8 @@ impl Shared {
             unparsed: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
             subs: (0..topics).map(|_| AtomicU64::new(0)).collect(),
+            open_by_url: (0..urls).map(|_| AtomicU64::new(0)).collect(),
+            delivered_by_url: (0..urls).map(|_| AtomicU64::new(0)).collect(),
             hist: Hist::new(),
             connect_hist: Hist::new(),
             errors: ErrCounts::default(),
@@ -705,7 +768,8 @@ impl Shared {
 
 struct ClientCfg {
     kind: TargetKind,
-    target: Target,
+    /// The servers (nodes): connection i goes to `targets[i % n]`, publisher j to `targets[j % n]`.
+    targets: Vec<Target>,
     sources: Vec<IpAddr>,
     topics: usize,
     per_conn: usize,
@@ -717,6 +781,10 @@ struct ClientCfg {
 impl ClientCfg {
     fn first_topic(&self, i: usize) -> usize {
         (i * self.per_conn) % self.topics
+    }
+    /// Index of the URL that connection (or publisher) `i` uses: round-robin.
+    fn url_of(&self, i: usize) -> usize {
+        i % self.targets.len()
     }
 }
 
@@ -768,6 +836,8 @@ struct Ctx<'a> {
     topics: u64,
     per_conn: u64,
     first: u64,
+    /// Index of the connection's URL (for per-URL delivery counts).
+    url: usize,
     /// Nchan ids: a multiplexed id (`1795843508:[0],-`) does not order across channels, so events
     /// with one (or with no id) are ordered by the seq in their data instead.
     nchan_ids: bool,
@@ -881,6 +951,9 @@ impl SseState {
         if self.seen.insert((seq / ctx.topics) * ctx.per_conn + pos) {
             let now = unix_nanos();
             sh.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(d) = sh.delivered_by_url.get(ctx.url) {
+                d.fetch_add(1, Ordering::Relaxed);
+            }
             sh.hist.record(now.saturating_sub(sent));
             sh.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
         } else {
@@ -940,24 +1013,25 @@ impl SseConn {
 /// Connects, sends the subscription request, and reads the response head.
 async fn open_stream(cfg: &ClientCfg, i: usize) -> Result<(TcpStream, Vec<u8>, bool), String> {
     let src = cfg.sources[i % cfg.sources.len()];
-    let sock = if cfg.target.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+    let target = &cfg.targets[cfg.url_of(i)];
+    let sock = if target.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
         .map_err(|e| format!("socket: {e}"))?;
     sock.bind(SocketAddr::new(src, 0)).map_err(|e| format!("bind {src}: {e}"))?;
-    let mut s = sock.connect(cfg.target.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut s = sock.connect(target.addr).await.map_err(|e| format!("connect: {e}"))?;
     let first = cfg.first_topic(i);
     let path = match cfg.kind {
         TargetKind::Herald => {
             let topics: Vec<String> =
                 (0..cfg.per_conn).map(|j| format!("load%2F{}", (first + j) % cfg.topics)).collect();
-            format!("{}/events?topics={}", cfg.target.base, topics.join(","))
+            format!("{}/events?topics={}", target.base, topics.join(","))
         }
         // Several channels need `nchan_channel_id_split_delimiter ","` (benches/nchan/nginx.conf).
         TargetKind::Nchan => {
             let topics: Vec<String> = (0..cfg.per_conn).map(|j| format!("load/{}", (first + j) % cfg.topics)).collect();
-            format!("{}/sub/{}", cfg.target.base, topics.join(","))
+            format!("{}/sub/{}", target.base, topics.join(","))
         }
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", cfg.target.host);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", target.host);
     s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::with_capacity(cfg.read_buf);
     let head = read_head(&mut s, &mut buf).await?;
@@ -1001,9 +1075,11 @@ async fn run_conn(i: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>, sem: Arc<Semap
         }
     };
     let first = cfg.first_topic(i);
+    let url = cfg.url_of(i);
     for j in 0..cfg.per_conn {
         sh.subs[(first + j) % cfg.topics].fetch_add(1, Ordering::SeqCst);
     }
+    sh.open_by_url[url].fetch_add(1, Ordering::SeqCst);
     sh.open.fetch_add(1, Ordering::SeqCst);
     sh.ready.fetch_add(1, Ordering::SeqCst);
 
@@ -1012,6 +1088,7 @@ async fn run_conn(i: usize, cfg: Arc<ClientCfg>, sh: Arc<Shared>, sem: Arc<Semap
         topics: cfg.topics as u64,
         per_conn: cfg.per_conn as u64,
         first: first as u64,
+        url,
         nchan_ids: cfg.kind == TargetKind::Nchan,
     };
     let mut conn = SseConn {
@@ -1057,6 +1134,9 @@ struct GroupReady {
     failed: u64,
     connect_secs: f64,
     subs: Vec<u64>,
+    /// Open connections per URL.
+    #[serde(default)]
+    open_by_url: Vec<u64>,
     errors: BTreeMap<String, u64>,
     connect_hist: Vec<(u32, u64)>,
     connect_max_ns: u64,
@@ -1077,6 +1157,9 @@ struct GroupResult {
     foreign: u64,
     unparsed: u64,
     last_delivery_unix_ns: u64,
+    /// Delivered events per URL of the receiving connection.
+    #[serde(default)]
+    delivered_by_url: Vec<u64>,
     hist: Vec<(u32, u64)>,
     hist_max_ns: u64,
     errors: BTreeMap<String, u64>,
@@ -1095,7 +1178,7 @@ struct Group {
 }
 
 fn start_group(cfg: Arc<ClientCfg>, range: Range<usize>, concurrency: usize) -> Group {
-    let sh = Arc::new(Shared::new(cfg.topics));
+    let sh = Arc::new(Shared::new(cfg.topics, cfg.targets.len()));
     let concurrency = concurrency.max(1);
     let sem = Arc::new(Semaphore::new(concurrency));
     let n = range.len();
@@ -1138,6 +1221,7 @@ impl Group {
             failed: failed + pending,
             connect_secs: self.started.elapsed().as_secs_f64(),
             subs: self.sh.subs.iter().map(|a| a.load(Ordering::SeqCst)).collect(),
+            open_by_url: self.sh.open_by_url.iter().map(|a| a.load(Ordering::SeqCst)).collect(),
             errors,
             connect_hist: self.sh.connect_hist.sparse(),
             connect_max_ns: self.sh.connect_hist.max_ns.load(Ordering::SeqCst),
@@ -1166,6 +1250,7 @@ impl Group {
             foreign: r(&sh.foreign),
             unparsed: r(&sh.unparsed),
             last_delivery_unix_ns: r(&sh.last_delivery_ns),
+            delivered_by_url: sh.delivered_by_url.iter().map(r).collect(),
             hist: sh.hist.sparse(),
             hist_max_ns: r(&sh.hist.max_ns),
             errors: sh.errors.snapshot(),
@@ -1180,11 +1265,11 @@ fn child_range(conns: usize, procs: usize, k: usize) -> Range<usize> {
 }
 
 fn client_cfg(args: &Args) -> Result<Arc<ClientCfg>, String> {
-    let target = parse_target(&args.url)?;
-    let sources = parse_sources(&args.sources, &target)?;
+    let targets = parse_targets(&args.url)?;
+    let sources = parse_sources(&args.sources, &targets)?;
     Ok(Arc::new(ClientCfg {
         kind: args.target,
-        target,
+        targets,
         sources,
         topics: args.topics,
         per_conn: args.topics_per_conn,
@@ -1329,12 +1414,11 @@ struct PubOutcome {
     errors: BTreeMap<String, u64>,
 }
 
-async fn connect_pub(cfg: &PubCfg) -> Result<TcpStream, String> {
-    let t = &cfg.target;
-    let sock = if t.target.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+async fn connect_pub(cfg: &PubCfg, target: &Target) -> Result<TcpStream, String> {
+    let sock = if target.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
         .map_err(|e| format!("socket: {e}"))?;
-    sock.bind(SocketAddr::new(t.sources[0], 0)).map_err(|e| format!("bind: {e}"))?;
-    let s = sock.connect(t.target.addr).await.map_err(|e| format!("publish connect: {e}"))?;
+    sock.bind(SocketAddr::new(cfg.target.sources[0], 0)).map_err(|e| format!("bind: {e}"))?;
+    let s = sock.connect(target.addr).await.map_err(|e| format!("publish connect: {e}"))?;
     let _ = s.set_nodelay(true);
     Ok(s)
 }
@@ -1393,13 +1477,15 @@ struct PubRun {
     padding: String,
 }
 
-async fn publisher_loop(run: Arc<PubRun>) {
+/// Publisher `j` sends every event it takes to URL `j % n`.
+async fn publisher_loop(run: Arc<PubRun>, j: usize) {
     let PubRun { cfg, prefix, total, next, start, deadline, sh, padding } = &*run;
     let (prefix, total, start, deadline) = (*prefix, *total, *start, *deadline);
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(1024);
     let kind = cfg.target.kind;
-    let base = &cfg.target.target.base;
+    let target = &cfg.target.targets[cfg.target.url_of(j)];
+    let base = &target.base;
     loop {
         let k = next.fetch_add(1, Ordering::Relaxed);
         if k >= total {
@@ -1419,7 +1505,7 @@ async fn publisher_loop(run: Arc<PubRun>) {
             break;
         }
         if conn.is_none() {
-            match timeout(cfg.req_timeout, connect_pub(cfg)).await {
+            match timeout(cfg.req_timeout, connect_pub(cfg, target)).await {
                 Ok(Ok(s)) => conn = Some(s),
                 Ok(Err(e)) => {
                     sh.errors.add(&e);
@@ -1452,7 +1538,7 @@ async fn publisher_loop(run: Arc<PubRun>) {
         };
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
-            cfg.target.target.host,
+            target.host,
             body.len()
         );
         let t0 = Instant::now();
@@ -1515,8 +1601,8 @@ async fn publish_phase(cfg: Arc<PubCfg>, prefix: &'static str, secs_: f64) -> Pu
         padding: "x".repeat(cfg.payload),
     });
     let mut set = JoinSet::new();
-    for _ in 0..cfg.publishers.max(1) {
-        set.spawn(publisher_loop(run.clone()));
+    for j in 0..cfg.publishers.max(1) {
+        set.spawn(publisher_loop(run.clone(), j));
     }
     let limit = max_dur + cfg.req_timeout * 2 + Duration::from_secs(5);
     if timeout(limit, async { while set.join_next().await.is_some() {} }).await.is_err() {
@@ -1542,13 +1628,12 @@ async fn publish_phase(cfg: Arc<PubCfg>, prefix: &'static str, secs_: f64) -> Pu
 }
 
 /// `GET /healthz`: is anything serving HTTP there?
-async fn probe(cfg: &ClientCfg) -> Result<u16, String> {
-    let mut s = timeout(Duration::from_secs(3), TcpStream::connect(cfg.target.addr))
+async fn probe(target: &Target) -> Result<u16, String> {
+    let mut s = timeout(Duration::from_secs(3), TcpStream::connect(target.addr))
         .await
         .map_err(|_| "connect timeout".to_string())?
         .map_err(|e| e.to_string())?;
-    let req =
-        format!("GET {}/healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", cfg.target.base, cfg.target.host);
+    let req = format!("GET {}/healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", target.base, target.host);
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(1024);
     let head =
@@ -1559,9 +1644,40 @@ async fn probe(cfg: &ClientCfg) -> Result<u16, String> {
 // ---------------------------------------------------------------------------------------------------
 // Parent: orchestrate, aggregate, report
 
+/// Figures of one URL (node) of `--url`.
+#[derive(Serialize, Debug, Default)]
+struct UrlReport {
+    url: String,
+    conns_open: u64,
+    /// Publishers sending to this URL (publisher j goes to URL j % n).
+    publishers: usize,
+    /// Measured events delivered on the connections to this URL.
+    delivered: u64,
+}
+
+/// Figures of one process of `--server-pid`.
+#[derive(Serialize, Debug, Default)]
+struct ServerReport {
+    pid: u32,
+    /// The URL this server is taken to serve (PID k ↔ URL k, when there are as many PIDs as URLs).
+    url: Option<String>,
+    before: ProcSample,
+    connected: ProcSample,
+    end: ProcSample,
+    rss_growth_kib: Option<f64>,
+    /// Open connections to its URL (when the URL is known).
+    conns_open: Option<u64>,
+    rss_per_conn_kib: Option<f64>,
+    cpu_publish_secs: Option<f64>,
+    /// Deliveries on the connections to its URL (when the URL is known).
+    delivered: Option<u64>,
+    cpu_us_per_delivery: Option<f64>,
+}
+
 #[derive(Serialize, Debug, Default)]
 struct Report {
     url: String,
+    per_url: Vec<UrlReport>,
     conns_requested: u64,
     conns_open: u64,
     conns_failed: u64,
@@ -1599,12 +1715,18 @@ struct Report {
     latency: Latency,
     clk_tck: f64,
     clk_tck_assumed: bool,
+    /// `--server-pid`, one or several; the `server_*` figures below are sums over them.
+    server_pids: Vec<u32>,
     server_before: Option<ProcSample>,
     server_connected: Option<ProcSample>,
     server_end: Option<ProcSample>,
+    /// Total RSS growth of the servers / total open connections.
     server_rss_per_conn_kib: Option<f64>,
     server_cpu_publish_secs: Option<f64>,
+    /// Total CPU of the servers / total deliveries.
     server_cpu_us_per_delivery: Option<f64>,
+    /// Each server's own figures (with several `--server-pid`s).
+    servers: Vec<ServerReport>,
     loadgen_cpu_publish_secs: Option<f64>,
     loadgen_rss_kib: Option<u64>,
     connect_errors: BTreeMap<String, u64>,
@@ -1657,10 +1779,16 @@ async fn parent_main(args: Args) -> Result<(), String> {
     let cfg = client_cfg(&args)?;
     let tck_read = clk_tck();
     let tck = tck_read.unwrap_or(100.0);
-    match probe(&cfg).await {
-        Ok(200) => {}
-        Ok(code) => eprintln!("note: GET /healthz answered {code}; going on"),
-        Err(e) => return Err(format!("no server at {}: {e}", args.url)),
+    for t in &cfg.targets {
+        match probe(t).await {
+            Ok(200) => {}
+            Ok(code) => eprintln!("note: GET /healthz at {} answered {code}; going on", t.url),
+            Err(e) => return Err(format!("no server at {}: {e}", t.url)),
+        }
+    }
+    let nurls = cfg.targets.len();
+    if args.publishers < nurls {
+        eprintln!("warning: {} publishers for {nurls} URLs: some URLs get no publisher", args.publishers);
     }
     let per_proc = args.conns.div_ceil(args.procs);
     if let Some(lim) = nofile_soft_limit() {
@@ -1676,15 +1804,18 @@ async fn parent_main(args: Args) -> Result<(), String> {
             );
         }
     }
-    let pid = args.server_pid.map(|p| p.to_string());
-    let sample = |label: &str| {
-        pid.as_ref().map(|p| {
-            let s = sample_proc(p);
-            if s.rss_kib.is_none() {
-                eprintln!("warning: cannot read /proc/{p} ({label})");
-            }
-            s
-        })
+    let pids = parse_pids(args.server_pid.as_deref())?;
+    // One sample per server PID.
+    let sample = |label: &str| -> Vec<ProcSample> {
+        pids.iter()
+            .map(|p| {
+                let s = sample_proc(&p.to_string());
+                if s.rss_kib.is_none() {
+                    eprintln!("warning: cannot read /proc/{p} ({label})");
+                }
+                s
+            })
+            .collect()
     };
     println!(
         "== {} load: {} conns ({} proc), {} topics x{}/conn, {} ev/s for {} s (+{} s warm-up), payload {} B, {} publishers, url {}",
@@ -1694,6 +1825,17 @@ async fn parent_main(args: Args) -> Result<(), String> {
     );
     let mut rep = Report {
         url: args.url.clone(),
+        per_url: cfg
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(k, t)| UrlReport {
+                url: t.url.clone(),
+                publishers: (0..args.publishers).filter(|j| j % nurls == k).count(),
+                ..UrlReport::default()
+            })
+            .collect(),
+        server_pids: pids.clone(),
         conns_requested: args.conns as u64,
         procs: args.procs,
         topics: args.topics,
@@ -1706,7 +1848,8 @@ async fn parent_main(args: Args) -> Result<(), String> {
         clk_tck_assumed: tck_read.is_none(),
         ..Report::default()
     };
-    rep.server_before = sample("before");
+    let srv_before = sample("before");
+    rep.server_before = sum_samples(&srv_before);
 
     // Connect.
     let t0 = Instant::now();
@@ -1720,6 +1863,9 @@ async fn parent_main(args: Args) -> Result<(), String> {
         let r = g.wait_ready("").await;
         rep.conns_open = r.open;
         rep.conns_failed = r.failed;
+        for (u, v) in rep.per_url.iter_mut().zip(&r.open_by_url) {
+            u.conns_open += v;
+        }
         subs = r.subs;
         connect_errors = r.errors;
         connect_hist.add_sparse(&r.connect_hist, r.connect_max_ns);
@@ -1739,6 +1885,9 @@ async fn parent_main(args: Args) -> Result<(), String> {
                     rep.conns_failed += r.failed;
                     for (s, v) in subs.iter_mut().zip(&r.subs) {
                         *s += v;
+                    }
+                    for (u, v) in rep.per_url.iter_mut().zip(&r.open_by_url) {
+                        u.conns_open += v;
                     }
                     merge_errors(&mut connect_errors, &r.errors);
                     connect_hist.add_sparse(&r.connect_hist, r.connect_max_ns);
@@ -1768,7 +1917,8 @@ async fn parent_main(args: Args) -> Result<(), String> {
         println!("  connect error x{n}: {e}");
     }
     sleep(secs(args.idle)).await;
-    rep.server_connected = sample("connected");
+    let srv_connected = sample("connected");
+    rep.server_connected = sum_samples(&srv_connected);
     if let (Some(b), Some(c)) = (rep.server_before, rep.server_connected) {
         if let (Some(rb), Some(rc), true) = (b.rss_kib, c.rss_kib, rep.conns_open > 0) {
             rep.server_rss_per_conn_kib = Some((rc as f64 - rb as f64) / rep.conns_open as f64);
@@ -1793,7 +1943,8 @@ async fn parent_main(args: Args) -> Result<(), String> {
         c.say("MARK").await;
     }
     let self_mark = sample_proc("self");
-    let srv_mark = sample("publish start");
+    let srv_mark_v = sample("publish start");
+    let srv_mark = sum_samples(&srv_mark_v);
     let p = publish_phase(pcfg, "", args.duration).await;
     let expected: u64 = p.per_topic_ok.iter().zip(&subs).map(|(a, b)| a * b).sum();
     // Drain: in-process we can stop as soon as everything arrived.
@@ -1806,7 +1957,8 @@ async fn parent_main(args: Args) -> Result<(), String> {
         }
         sleep(Duration::from_millis(20)).await;
     }
-    let srv_end = sample("end");
+    let srv_end_v = sample("end");
+    let srv_end = sum_samples(&srv_end_v);
     let self_end = sample_proc("self");
     rep.server_end = srv_end;
 
@@ -1846,6 +1998,9 @@ async fn parent_main(args: Args) -> Result<(), String> {
         rep.foreign += r.foreign;
         rep.unparsed += r.unparsed;
         last_delivery = last_delivery.max(r.last_delivery_unix_ns);
+        for (u, v) in rep.per_url.iter_mut().zip(&r.delivered_by_url) {
+            u.delivered += v;
+        }
         hist.add_sparse(&r.hist, r.hist_max_ns);
         merge_errors(&mut rep.stream_errors, &r.errors);
         if args.procs > 1 {
@@ -1889,6 +2044,38 @@ async fn parent_main(args: Args) -> Result<(), String> {
             rep.server_cpu_us_per_delivery = rep.server_cpu_publish_secs.map(|c| c * 1e6 / rep.delivered as f64);
         }
     }
+    // Each server's own figures; with as many PIDs as URLs, PID k serves URL k.
+    let mapped = pids.len() == nurls;
+    for (k, &pid) in pids.iter().enumerate() {
+        let (before, connected, mark, end) = (srv_before[k], srv_connected[k], srv_mark_v[k], srv_end_v[k]);
+        let url = mapped.then(|| &rep.per_url[k]);
+        let rss_growth_kib = match (before.rss_kib, connected.rss_kib) {
+            (Some(b), Some(c)) => Some(c as f64 - b as f64),
+            _ => None,
+        };
+        let conns_open = url.map(|u| u.conns_open);
+        let delivered = url.map(|u| u.delivered);
+        let cpu = cpu_delta(mark, end, tck);
+        rep.servers.push(ServerReport {
+            pid,
+            url: url.map(|u| u.url.clone()),
+            before,
+            connected,
+            end,
+            rss_growth_kib,
+            conns_open,
+            rss_per_conn_kib: match (rss_growth_kib, conns_open) {
+                (Some(g), Some(n)) if n > 0 => Some(g / n as f64),
+                _ => None,
+            },
+            cpu_publish_secs: cpu,
+            delivered,
+            cpu_us_per_delivery: match (cpu, delivered) {
+                (Some(c), Some(d)) if d > 0 => Some(c * 1e6 / d as f64),
+                _ => None,
+            },
+        });
+    }
     rep.loadgen_cpu_publish_secs = loadgen_cpu;
     rep.loadgen_rss_kib = loadgen_rss;
     print_report(&rep);
@@ -1899,9 +2086,19 @@ fn print_report(r: &Report) {
     let kib = |s: &Option<ProcSample>| {
         s.and_then(|s| s.rss_kib).map_or_else(|| "-".into(), |v| format!("{:.1} MiB", v as f64 / 1024.0))
     };
+    if r.per_url.len() > 1 {
+        for u in &r.per_url {
+            println!(
+                "url {}: {} connections open, {} publishers, {} delivered",
+                u.url, u.conns_open, u.publishers, u.delivered
+            );
+        }
+    }
+    let servers =
+        if r.server_pids.len() > 1 { format!(" (sum of {} servers)", r.server_pids.len()) } else { String::new() };
     if r.server_before.is_some() {
         println!(
-            "server RSS: before {}, connected+idle {}, end {}; per connection {} KiB",
+            "server RSS{servers}: before {}, connected+idle {}, end {}; per connection {} KiB",
             kib(&r.server_before),
             kib(&r.server_connected),
             kib(&r.server_end),
@@ -1954,11 +2151,27 @@ fn print_report(r: &Report) {
     );
     if let Some(c) = r.server_cpu_publish_secs {
         println!(
-            "server CPU (publish + drain): {:.2} s = {} µs per delivered event{}",
+            "server CPU{servers} (publish + drain): {:.2} s = {} µs per delivered event{}",
             c,
             r.server_cpu_us_per_delivery.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
             if r.clk_tck_assumed { " (CLK_TCK assumed 100)" } else { "" }
         );
+    }
+    if r.servers.len() > 1 {
+        let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.d$}"));
+        for s in &r.servers {
+            println!(
+                "  server {}{}: RSS +{} MiB = {} KiB per connection ({} open); CPU {} s = {} µs per delivered event ({} delivered)",
+                s.pid,
+                s.url.as_ref().map_or_else(String::new, |u| format!(" ({u})")),
+                opt(s.rss_growth_kib.map(|g| g / 1024.0), 1),
+                opt(s.rss_per_conn_kib, 2),
+                s.conns_open.map_or_else(|| "-".into(), |n| n.to_string()),
+                opt(s.cpu_publish_secs, 2),
+                opt(s.cpu_us_per_delivery, 2),
+                s.delivered.map_or_else(|| "-".into(), |n| n.to_string()),
+            );
+        }
     }
     if let Some(c) = r.loadgen_cpu_publish_secs {
         println!(
@@ -2034,7 +2247,7 @@ fn feed(sh: &Shared, chunked: bool, pieces: &[&[u8]], topics: u64) -> Result<(),
 }
 
 fn feed_as(sh: &Shared, chunked: bool, pieces: &[&[u8]], topics: u64, nchan_ids: bool) -> Result<(), String> {
-    let ctx = Ctx { sh, topics, per_conn: 1, first: 0, nchan_ids };
+    let ctx = Ctx { sh, topics, per_conn: 1, first: 0, url: 0, nchan_ids };
     let chunk = if chunked { Chunk::Size } else { Chunk::Identity };
     let mut c = SseConn { f: Framing { buf: Vec::new(), dec: 0, chunk }, st: SseState::default() };
     for p in pieces {
@@ -2058,7 +2271,7 @@ fn self_test() -> Result<(), String> {
     body.extend(chunk("event: herald.reset\ndata: {}\n\n"));
     body.extend(chunk(&format!("id: 10-0\ndata: w5 {now}\n\n"))); // warm-up
     for step in [1usize, 2, 3, 7, 1000] {
-        let sh = Shared::new(2);
+        let sh = Shared::new(2, 1);
         let pieces: Vec<&[u8]> = body.chunks(step).collect();
         feed(&sh, true, &pieces, 2)?;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -2078,7 +2291,7 @@ fn self_test() -> Result<(), String> {
     nchan.extend(format!("id: 1795843509:[1],0\ndata: 1 {now}\n\n").bytes()); // foreign, out of order
     nchan.extend(format!("id: 1795843509:[0],0\ndata: 6 {now}\n\n").bytes());
     for step in [1usize, 5, 1000] {
-        let sh = Shared::new(2);
+        let sh = Shared::new(2, 1);
         let pieces: Vec<&[u8]> = nchan.chunks(step).collect();
         feed_as(&sh, false, &pieces, 2, true)?;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -2087,7 +2300,7 @@ fn self_test() -> Result<(), String> {
     }
     // One channel: plain `time:index` ids give the order (a publisher race that swaps seqs is not
     // the server's doing).
-    let sh = Shared::new(1);
+    let sh = Shared::new(1, 1);
     let one = format!(
         ": hi\n\nid: 1795843508:9\ndata: 1 {now}\n\nid: 1795843508:10\ndata: 0 {now}\n\n\
          id: 1795843509:0\ndata: 2 {now}\n\nid: 1795843508:11\ndata: 3 {now}\n\n"
@@ -2095,10 +2308,10 @@ fn self_test() -> Result<(), String> {
     feed_as(&sh, false, &[one.as_bytes()], 1, true)?;
     let counts = [sh.delivered.load(Ordering::Relaxed), sh.out_of_order.load(Ordering::Relaxed)];
     ensure(counts == [4, 1], &format!("Nchan single-channel ids: {counts:?}"))?;
-    let sh = Shared::new(1);
+    let sh = Shared::new(1, 1);
     feed(&sh, false, &[b"data: 0 1\n\ndata: 1 1\n", b"\n"], 1)?;
     ensure(sh.delivered.load(Ordering::Relaxed) == 2, "close-delimited body")?;
-    ensure(feed(&Shared::new(1), true, &[b"0\r\n\r\n"], 1).is_err(), "last chunk ends the stream")?;
+    ensure(feed(&Shared::new(1, 1), true, &[b"0\r\n\r\n"], 1).is_err(), "last chunk ends the stream")?;
     ensure(id_cmp(b"1700000000000-12", b"1700000000000-9") == Greater, "id order 1")?;
     ensure(id_cmp(b"9", b"10") == Less, "id order 2")?;
     ensure(id_cmp(b"5-0", b"5-0") == Equal, "id order 3")?;
@@ -2111,6 +2324,27 @@ fn self_test() -> Result<(), String> {
     ensure(parse_target("http://[::1]:80").is_ok(), "target 3")?;
     ensure(parse_target("http://10.0.0.1:80").is_err(), "non-loopback target refused")?;
     ensure(parse_target("http://example.com").is_err(), "host names refused")?;
+    let ts = parse_targets("http://127.0.0.1:1, http://127.0.0.1:2/b")?;
+    ensure(ts.len() == 2 && ts[1].addr.port() == 2 && ts[1].base == "/b", "URL list")?;
+    ensure(parse_targets("http://127.0.0.1:1,http://10.0.0.1:2").is_err(), "non-loopback URL in a list refused")?;
+    ensure(parse_targets(" , ").is_err(), "empty URL list refused")?;
+    ensure(parse_sources("127.0.0.2", &ts).is_ok(), "sources for a URL list")?;
+    ensure(parse_sources("::1", &ts).is_err(), "source family checked against every URL")?;
+    ensure(parse_pids(Some("12, 34"))? == [12, 34] && parse_pids(None)?.is_empty(), "PID list")?;
+    ensure(parse_pids(Some("12,x")).is_err(), "bad PID refused")?;
+    let summed = sum_samples(&[
+        ProcSample { rss_kib: Some(10), cpu_ticks: Some(1) },
+        ProcSample { rss_kib: Some(5), cpu_ticks: None },
+    ]);
+    ensure(summed.is_some_and(|s| s.rss_kib == Some(15) && s.cpu_ticks.is_none()), "summed samples")?;
+    // Deliveries are counted per URL of the receiving connection.
+    let sh = Shared::new(1, 2);
+    let ctx = Ctx { sh: &sh, topics: 1, per_conn: 1, first: 0, url: 1, nchan_ids: false };
+    let mut c = SseConn { f: Framing { buf: Vec::new(), dec: 0, chunk: Chunk::Identity }, st: SseState::default() };
+    c.f.buf.extend_from_slice(format!("id: 1\ndata: 0 {now}\n\nid: 2\ndata: 1 {now}\n\n").as_bytes());
+    c.process(&ctx, false)?;
+    let by_url: Vec<u64> = sh.delivered_by_url.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    ensure(by_url == [0, 2], &format!("deliveries per URL: {by_url:?}"))?;
     let mut h = DenseHist::new();
     h.add_sparse(&[(0, 50), (99, 50)], 995_000);
     let l = h.summary();
