@@ -40,19 +40,24 @@ impl Chunk {
         &self.wire
     }
 
+    /// Where the bare SSE bytes are in [`Chunk::wire`]: after the size line, before the final CRLF.
+    fn payload_range(&self) -> std::ops::Range<usize> {
+        self.header_len..self.wire.len() - 2
+    }
+
     /// The bare SSE bytes.
     pub fn payload(&self) -> Bytes {
-        self.wire.slice(self.header_len..self.wire.len() - 2)
+        self.wire.slice(self.payload_range())
     }
 
     /// The bare SSE bytes, borrowed.
     pub fn payload_slice(&self) -> &[u8] {
-        &self.wire[self.header_len..self.wire.len() - 2]
+        &self.wire[self.payload_range()]
     }
 
     /// Length of the bare SSE bytes.
     pub fn payload_len(&self) -> usize {
-        self.wire.len() - self.header_len - 2
+        self.payload_range().len()
     }
 }
 

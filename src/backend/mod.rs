@@ -32,8 +32,7 @@ pub struct HistoryLimits {
 impl HistoryLimits {
     /// The smallest id not yet expired when the clock reads `now_ms`, if history is bounded by age.
     pub fn cutoff(&self, now_ms: u64) -> Option<EventId> {
-        let ttl_ms = u64::try_from(self.ttl?.as_millis()).unwrap_or(u64::MAX);
-        Some(EventId::new(now_ms.saturating_sub(ttl_ms), 0))
+        self.ttl.map(|_| EventId::new(now_ms.saturating_sub(self.ttl_ms()), 0))
     }
 
     /// The age bound in milliseconds, 0 for none (the form the Redis scripts take).
