@@ -16,22 +16,27 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, so that a signal arriving at any time after start-up (even
+/// before the listener is announced) shuts down gracefully; the returned future completes on the first signal,
+/// and a second one exits at once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; serving until killed");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; serving until killed");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        tokio::spawn(async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        });
     }
-    tokio::spawn(async move {
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(1);
-    });
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Before binding: once the address is announced, a signal must already mean "shut down gracefully".
+        let shutdown = shutdown_signal();
         let listener = match herald::server::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
@@ -56,7 +63,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match herald::serve(config, listener, shutdown_signal()).await {
+        match herald::serve(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(cause = %e, "server failed");
