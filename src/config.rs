@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_CORS_ORIGIN", value_delimiter = ',', global = true)]
     pub cors_origin: Vec<String>,
 
+    /// Seconds a stream may wait for its client to accept bytes before it is closed (a client that stopped
+    /// reading; it resumes with its last event id when it reads again). Like nginx's `send_timeout`.
+    #[arg(long, env = "HERALD_SEND_TIMEOUT", default_value = "60", value_parser = parse_secs, global = true)]
+    pub send_timeout: Duration,
+
     /// Seconds given to open streams and in-flight publishes at shutdown.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_secs, global = true)]
     pub shutdown_grace: Duration,

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub lagging_caught_up: AtomicU64,
     /// Lagging connections closed (history could not cover them); they resume with their last id.
     pub lagging_dropped: AtomicU64,
+    /// Streams closed because the client accepted no bytes for the send timeout.
+    pub stalled_dropped: AtomicU64,
     /// Heartbeat comments sent.
     pub heartbeats: AtomicU64,
     /// Reconnections of the backend's live feed.
@@ -103,6 +105,12 @@ impl Metrics {
             "herald_lagging_dropped_total",
             "Lagging connections closed so that they resume with their last id.",
             &self.lagging_dropped,
+        );
+        counter(
+            &mut out,
+            "herald_stalled_dropped_total",
+            "Streams closed because the client accepted no bytes for the send timeout.",
+            &self.stalled_dropped,
         );
         counter(&mut out, "herald_heartbeats_total", "Heartbeat comments sent.", &self.heartbeats);
         counter(

@@ -175,10 +175,52 @@ async fn slow_reader_catches_up_or_resumes_without_gap() {
     }
 }
 
+/// A client that accepts no bytes at all is closed after `--send-timeout`, freeing its slot, and the
+/// bytes it had been sent end as an unterminated stream, so that it resumes with its last id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_accepting_nothing_is_closed_after_send_timeout() {
+    const MAX_EVENTS: usize = 3000;
+    let server = TestServer::start(&["--send-timeout", "1", "--queue-size", "8"]);
+    let addr = server.addr();
+    let topic = "bp/stalled";
+    let mut stuck = SseClient::try_connect(addr, &events_path(&[topic], ""), &[], Some(4096)).await.expect("connect");
+    assert_eq!(stuck.status, 200);
+    assert_eq!(metrics(addr).await["herald_connections_open"], 1.0);
+
+    // Fill the socket buffers until the server gives up on the client (bounded in count and time).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut published = 0;
+    while metrics(addr).await["herald_stalled_dropped_total"] < 1.0 {
+        assert!(published < MAX_EVENTS && Instant::now() < deadline, "not closed after {published} events");
+        for _ in 0..50 {
+            publish(addr, &[topic], None, &payload(published)).await;
+            published += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("closed after {published} events of 16 KiB");
+    wait_metric(addr, "herald_connections_open", Duration::from_secs(5), |n| n == 0.0).await;
+
+    // Reading now drains what the kernel held, then finds the stream cut, not cleanly ended.
+    let items = stuck.read_until_end(Duration::from_secs(20)).await;
+    let events = items.iter().filter(|i| matches!(i, SseItem::Event(_))).count();
+    match items.last() {
+        Some(SseItem::End { clean: false, .. }) => {}
+        other => panic!("expected an unterminated end after {events} events, got {other:?}"),
+    }
+    assert!(events < published, "all {published} events arrived although the client was dropped");
+
+    // A client that reads is unaffected by the short send timeout.
+    let mut reader = SseClient::subscribe(addr, &[topic]).await;
+    let id = publish(addr, &[topic], None, "after").await;
+    assert_eq!(reader.next_event(EVENT_TIMEOUT).await.id(), id);
+}
+
 /// The same tests against Redis.
 mod on_redis {
     super::support::on_redis!(
         stuck_client_does_not_hold_back_readers_or_memory,
         slow_reader_catches_up_or_resumes_without_gap,
+        client_accepting_nothing_is_closed_after_send_timeout,
     );
 }

@@ -134,6 +134,8 @@ pub struct StreamSettings {
     pub metrics: Arc<Metrics>,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
+    /// Time the writer may wait for the client to accept bytes before closing the stream.
+    pub send_timeout: Duration,
 }
 
 /// One open `GET /events` stream: the opening bytes, then replay, then live events and heartbeats.
@@ -184,6 +186,16 @@ impl EventStream {
     /// writer that frames nothing itself.
     pub fn use_chunked_framing(&mut self) {
         self.chunked = true;
+    }
+
+    /// How long the writer may wait for the client to accept bytes before it closes the stream.
+    pub fn send_timeout(&self) -> Duration {
+        self.settings.send_timeout
+    }
+
+    /// Counts a stream closed because its client accepted nothing for the send timeout.
+    pub fn note_stalled(&self) {
+        Metrics::inc(&self.settings.metrics.stalled_dropped);
     }
 
     fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {

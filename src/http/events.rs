@@ -72,6 +72,7 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         backend: state.backend.clone(),
         metrics: state.metrics.clone(),
         heartbeat: state.limits.heartbeat,
+        send_timeout: state.limits.send_timeout,
     };
     let stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
 

@@ -42,6 +42,8 @@ pub struct Limits {
     pub heartbeat: Duration,
     /// The `retry:` hint, in milliseconds.
     pub retry_ms: u64,
+    /// Time a stream may wait for its client to accept bytes before it is closed.
+    pub send_timeout: Duration,
 }
 
 /// State shared by every request.

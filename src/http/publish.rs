@@ -123,6 +123,7 @@ mod tests {
             max_connections: 10,
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
+            send_timeout: Duration::from_secs(60),
         }
     }
 

@@ -153,8 +153,17 @@ where
 /// holds little more than the socket and the body.
 pub(crate) async fn stream(mut stream: TcpStream, ready: Ready) {
     let Ready { head, mut body, chunked } = ready;
-    if let Err(e) = pump(&mut stream, head, &mut body, chunked).await {
-        tracing::debug!(cause = %e, "event stream ended with an error");
+    match pump(&mut stream, head, &mut body, chunked).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::debug!("closing a stream whose client accepts no bytes");
+            if let ResponseBody::Stream(events) = &body {
+                events.note_stalled();
+            }
+            // The client is not reading: a graceful shutdown would wait behind the unsent bytes.
+            return;
+        }
+        Err(e) => tracing::debug!(cause = %e, "event stream ended with an error"),
     }
     let _ = stream.shutdown().await;
 }
@@ -197,14 +206,18 @@ enum Next {
 /// Writes `head`, then the body's frames until it ends (shutdown, a lagging client closed) or the peer
 /// goes away. A complete body is written as it is; an event stream as chunks when `chunked`.
 async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chunked: bool) -> io::Result<()> {
-    stream.write_all(&head).await?;
+    let limit = match body {
+        ResponseBody::Full(bytes) => {
+            stream.write_all(&head).await?;
+            return match bytes.take() {
+                Some(bytes) => stream.write_all(&bytes).await,
+                None => Ok(()),
+            };
+        }
+        ResponseBody::Stream(events) => events.send_timeout(),
+    };
+    write_within(stream, &head, limit).await?;
     drop(head);
-    if let ResponseBody::Full(bytes) = body {
-        return match bytes.take() {
-            Some(bytes) => stream.write_all(&bytes).await,
-            None => Ok(()),
-        };
-    }
     let events = body;
     loop {
         let next = std::future::poll_fn(|cx| {
@@ -224,11 +237,32 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
         .await;
         match next {
             // Already framed by the stream (see `EventStream::use_chunked_framing`): one buffer, one `send`.
-            Next::Chunk(data) => stream.write_all(&data).await?,
-            Next::End if chunked => return stream.write_all(b"0\r\n\r\n").await,
+            Next::Chunk(data) => write_within(stream, &data, limit).await?,
+            Next::End if chunked => return write_within(stream, b"0\r\n\r\n", limit).await,
             Next::End | Next::PeerGone => return Ok(()),
         }
     }
+}
+
+/// Writes all of `data`, failing with `TimedOut` when the client accepts none of it for `limit` (it has
+/// stopped reading and the socket's buffers are full). The usual case, a socket with room, is one `send`
+/// and no timer; the timer is boxed so that it never sizes the long-lived task.
+async fn write_within(stream: &mut TcpStream, data: &[u8], limit: Duration) -> io::Result<()> {
+    let mut written = match stream.try_write(data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    while written < data.len() {
+        let progress = Box::pin(tokio::time::timeout(limit, stream.write(&data[written..])));
+        match progress.await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_elapsed) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Whether the peer has closed its side (or the socket failed); discards anything it sends meanwhile

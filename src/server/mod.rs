@@ -116,6 +116,7 @@ pub async fn serve(
         max_connections: config.effective_max_connections(),
         heartbeat: config.heartbeat,
         retry_ms: config.retry,
+        send_timeout: config.send_timeout,
     };
     let addr = listener.local_addr()?;
     wait_ready(backend.as_ref()).await;
@@ -246,6 +247,7 @@ mod tests {
             max_connections: 4,
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
+            send_timeout: Duration::from_secs(60),
         };
         let state = Arc::new(AppState::new(build_backend(&config, &metrics).expect("backend"), metrics, limits));
         let service: Service = ServiceBuilder::new().option_layer(cors_layer(&[])).service(App::new(state));
