@@ -62,11 +62,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub queue_size: u64,
 
-    /// Turn authentication on with an HS256 shared secret (not available yet: refused at start-up).
+    /// Turn authentication on with an HS256 shared secret.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
 
-    /// Turn authentication on with an RS256/ES256 public key file (not available yet: refused at start-up).
+    /// Turn authentication on with a PEM public key file: an RSA key verifies RS256, an EC P-256 key ES256.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", global = true)]
     pub jwt_public_key: Option<std::path::PathBuf>,
 
@@ -121,12 +121,6 @@ pub enum ConfigError {
          pass --allow-open (HERALD_ALLOW_OPEN=true) to allow open mode there"
     )]
     OpenOnPublicAddress(SocketAddr),
-    /// Authentication is not built yet; serving open instead would be a surprise.
-    #[error(
-        "authentication (--jwt-secret, --jwt-public-key, --public-topic) is not available in this version; \
-         refusing to start rather than serve open"
-    )]
-    AuthUnavailable,
     /// `--redis-url` is not a Redis URL.
     #[error("--redis-url {0:?} is not a redis URL (redis://[:password@]host:port[/db])")]
     BadRedisUrl(String),
@@ -164,11 +158,10 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.listen.ip().is_loopback() && !self.allow_open {
+        // Reads and checks the key now, so that a bad one stops start-up with a clear message.
+        let auth = crate::auth::Auth::from_config(self)?;
+        if auth.is_none() && !self.listen.ip().is_loopback() && !self.allow_open {
             return Err(ConfigError::OpenOnPublicAddress(self.listen));
-        }
-        if self.jwt_secret.is_some() || self.jwt_public_key.is_some() || !self.public_topic.is_empty() {
-            return Err(ConfigError::AuthUnavailable);
         }
         if let Some(url) = &self.redis_url {
             if redis::Client::open(url.as_str()).is_err() {
@@ -184,9 +177,9 @@ impl Config {
         Ok(())
     }
 
-    /// Whether authentication is on (not yet: Herald runs open).
+    /// Whether authentication is on: a key is configured.
     pub fn auth_enabled(&self) -> bool {
-        false
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
     }
 
     /// The stream limit: `--max-connections`, or the open-files limit (raised to its hard maximum

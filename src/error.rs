@@ -48,6 +48,12 @@ pub enum Error {
     /// `/publish` got a content type other than JSON or a form.
     #[error("content type must be application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType,
+    /// Authentication is on and no valid token was given where one is needed.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token that does not allow one of the topics.
+    #[error("{0}")]
+    Forbidden(String),
     /// The method is not served on this path.
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed {
@@ -80,6 +86,8 @@ impl Error {
             | Error::MissingData => StatusCode::BAD_REQUEST,
             Error::EventTooLarge { .. } | Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::ShuttingDown | Error::TooManyConnections | Error::BackendUnavailable(_) => {
@@ -100,6 +108,8 @@ impl Error {
             Error::EventTooLarge { .. } => "event_too_large",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::NotFound => "not_found",
             Error::ShuttingDown => "shutting_down",
@@ -124,6 +134,9 @@ impl Error {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Error::MethodNotAllowed { allow } = self {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"herald\""));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

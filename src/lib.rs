@@ -9,6 +9,7 @@
 //! - [`server`]: accept loop, per-connection HTTP/1, graceful shutdown.
 //! - [`http`]: the tower service: routing, `/events`, `/publish`, operations, static files.
 //! - [`error`]: the one error type and its one mapping to HTTP.
+//! - [`auth`]: JWT verification, topic patterns, public topics.
 //! - [`backend`]: the [`backend::Backend`] trait (ids, history, live feed) and its implementations.
 //! - [`hub`]: topic → local connections; each connection's bounded mailbox.
 //! - [`sse`]: events encoded once into shared bytes.
@@ -21,6 +22,7 @@
 //! subscribed connection → each connection's [`http::body::EventStream`] drains its mailbox and hands the
 //! shared bytes to hyper.
 
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod error;

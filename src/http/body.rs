@@ -125,7 +125,8 @@ impl std::fmt::Debug for Phase {
     }
 }
 
-/// Everything an event stream needs besides its registration.
+/// Everything an event stream needs besides its registration: the same for every stream of a node, so
+/// streams share one copy.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     /// The backend, for catching up a lagging connection.
@@ -141,7 +142,7 @@ pub struct StreamSettings {
 /// One open `GET /events` stream: the opening bytes, then replay, then live events and heartbeats.
 #[derive(Debug)]
 pub struct EventStream {
-    settings: StreamSettings,
+    settings: Arc<StreamSettings>,
     registration: Registration,
     /// Bytes to write before anything else (preamble and any `herald.reset`).
     head: Option<Bytes>,
@@ -150,6 +151,8 @@ pub struct EventStream {
     last_sent: EventId,
     heartbeat: Pin<Box<Sleep>>,
     last_activity: Instant,
+    /// When the stream ends by itself (its token expires then).
+    ends_at: Option<Instant>,
     batch: Vec<Arc<Event>>,
     /// Whether chunks carry their HTTP/1.1 chunk framing (the event-stream front writes them as they are).
     chunked: bool,
@@ -160,7 +163,7 @@ impl EventStream {
     /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order)
     /// follows, then live events newer than both `last_sent` and the replay.
     pub fn new(
-        settings: StreamSettings,
+        settings: Arc<StreamSettings>,
         registration: Registration,
         permit: StreamPermit,
         head: Bytes,
@@ -176,6 +179,7 @@ impl EventStream {
             phase: Phase::Replay(replay.into_iter()),
             last_sent,
             last_activity: now,
+            ends_at: None,
             batch: Vec::new(),
             chunked: false,
             _permit: permit,
@@ -186,6 +190,23 @@ impl EventStream {
     /// writer that frames nothing itself.
     pub fn use_chunked_framing(&mut self) {
         self.chunked = true;
+    }
+
+    /// Ends the stream cleanly at `at` (when the token it was opened with expires), so that the client
+    /// reconnects with whatever token it has by then.
+    pub fn end_at(&mut self, at: Instant) {
+        self.ends_at = Some(at);
+        let wake = self.wake_at(self.last_activity + self.settings.heartbeat);
+        self.heartbeat.as_mut().reset(wake);
+    }
+
+    /// The timer's next deadline: `at`, or the stream's end when that comes first.
+    fn wake_at(&self, at: Instant) -> Instant {
+        self.ends_at.map_or(at, |end| end.min(at))
+    }
+
+    fn has_expired(&self) -> bool {
+        self.ends_at.is_some_and(|end| Instant::now() >= end)
     }
 
     /// How long the writer may wait for the client to accept bytes before it closes the stream.
@@ -241,6 +262,10 @@ impl EventStream {
                     }
                 }
                 Phase::Live => {
+                    if self.has_expired() {
+                        self.phase = Phase::Done;
+                        continue;
+                    }
                     let mailbox = self.registration.mailbox();
                     match mailbox.poll_drain(cx, &mut self.batch, MAX_BATCH_EVENTS) {
                         Poll::Ready(Drained::Events) => {
@@ -328,15 +353,21 @@ impl EventStream {
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         loop {
             ready!(self.heartbeat.as_mut().poll(cx));
+            if self.has_expired() {
+                self.phase = Phase::Done;
+                return Poll::Ready(None);
+            }
             let due = self.last_activity + self.settings.heartbeat;
             let now = Instant::now();
             if now >= due {
                 Metrics::inc(&self.settings.metrics.heartbeats);
-                self.heartbeat.as_mut().reset(now + self.settings.heartbeat);
+                let next = self.wake_at(now + self.settings.heartbeat);
+                self.heartbeat.as_mut().reset(next);
                 let comment = if self.chunked { sse::HEARTBEAT_CHUNK } else { sse::HEARTBEAT };
                 return Poll::Ready(Some(self.written(Bytes::from_static(comment), 0)));
             }
-            self.heartbeat.as_mut().reset(due);
+            let next = self.wake_at(due);
+            self.heartbeat.as_mut().reset(next);
         }
     }
 }

@@ -5,8 +5,9 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 
-use super::body::{EventStream, StreamPermit, StreamSettings};
+use super::body::{EventStream, StreamPermit};
 use super::{require_method, AppState, ResponseBody};
+use crate::auth::SubscribeGrant;
 use crate::error::Error;
 use crate::id::{EventId, LastEventId};
 use crate::metrics::Metrics;
@@ -45,6 +46,10 @@ pub(crate) fn parse_query(
 pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
     require_method(req.method(), &[Method::GET], "GET")?;
     let query = parse_query(req.uri().query(), req.headers(), state.limits.max_topics)?;
+    let grant = match &state.auth {
+        Some(auth) => auth.authorize_subscribe(req.headers(), req.uri().query(), &query.topics)?,
+        None => SubscribeGrant { ends_at: None },
+    };
     if state.is_draining() {
         return Err(Error::ShuttingDown);
     }
@@ -68,13 +73,11 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         replay = found.events;
     }
     tracing::debug!(topics = ?query.topics, replayed = replay.len(), "stream opened");
-    let settings = StreamSettings {
-        backend: state.backend.clone(),
-        metrics: state.metrics.clone(),
-        heartbeat: state.limits.heartbeat,
-        send_timeout: state.limits.send_timeout,
-    };
-    let stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
+    let settings = state.stream_settings.clone();
+    let mut stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
+    if let Some(at) = grant.ends_at {
+        stream.end_at(at.into());
+    }
 
     let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
     let headers = response.headers_mut();

@@ -16,6 +16,7 @@ use http::{Method, Request, Response};
 /// Methods of the read-only endpoints.
 const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
 
+use crate::auth::Auth;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -26,6 +27,7 @@ mod ops;
 mod publish;
 
 pub use body::ResponseBody;
+use body::StreamSettings;
 
 /// Limits and settings the handlers need, taken from the configuration once.
 #[derive(Debug, Clone)]
@@ -55,13 +57,30 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// What every event stream of this node shares.
+    pub stream_settings: Arc<StreamSettings>,
+    /// Token verification; `None` in open mode.
+    pub auth: Option<Auth>,
     draining: AtomicBool,
 }
 
 impl AppState {
     /// Makes the shared state.
     pub fn new(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, limits: Limits) -> Self {
-        AppState { backend, metrics, limits, draining: AtomicBool::new(false) }
+        let stream_settings = Arc::new(StreamSettings {
+            backend: backend.clone(),
+            metrics: metrics.clone(),
+            heartbeat: limits.heartbeat,
+            send_timeout: limits.send_timeout,
+        });
+        AppState { backend, metrics, limits, stream_settings, auth: None, draining: AtomicBool::new(false) }
+    }
+
+    /// Turns authentication on (with `Some`).
+    #[must_use]
+    pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Starts draining: `/readyz` answers 503, new streams are refused and open ones end.

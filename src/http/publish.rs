@@ -100,9 +100,17 @@ pub(super) async fn publish<B: RequestBody>(
     req: Request<B>,
 ) -> Result<Response<ResponseBody>, Error> {
     require_method(req.method(), &[Method::POST], "POST")?;
+    // Who is publishing is settled before the body is read; what they may publish to, after.
+    let grant = match &state.auth {
+        Some(auth) => Some(auth.authenticate_publisher(req.headers(), req.uri().query())?),
+        None => None,
+    };
     let format = format_of(&req)?;
     let body = read_body(req, state.limits.max_body_size).await?;
     let event = parse_event(format, &body, &state.limits)?;
+    if let Some(grant) = grant {
+        grant.allow(&event.topics)?;
+    }
     let id = state.backend.publish(event).await?;
     Metrics::inc(&state.metrics.events_published);
     let mut response = Response::new(ResponseBody::full(serde_json::json!({ "id": id.to_string() }).to_string()));

@@ -22,6 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::front::Sniffed;
 use self::rewind::Rewind;
+use crate::auth::Auth;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
 use crate::http::{App, AppState, Limits};
@@ -86,16 +87,14 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
-    };
-    Some(CorsLayer::new().allow_origin(allow).allow_methods([http::Method::GET, http::Method::POST]).allow_headers([
-        http::header::CONTENT_TYPE,
-        http::header::AUTHORIZATION,
-        "last-event-id".parse().ok()?,
-    ]))
+    let any = origins.iter().any(|o| o == "*");
+    let allow = if any { AllowOrigin::any() } else { AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok())) };
+    let layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_headers([http::header::CONTENT_TYPE, http::header::AUTHORIZATION, "last-event-id".parse().ok()?]);
+    // Named origins may send credentials (the `herald_token` cookie); `*` cannot, by the CORS rules.
+    Some(if any { layer } else { layer.allow_credentials(true) })
 }
 
 /// Serves Herald on `listener` until `shutdown` completes, then drains and returns.
@@ -107,6 +106,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let auth = Auth::from_config(&config)?;
     let metrics = Arc::new(Metrics::default());
     let backend = build_backend(&config, &metrics)?;
     let limits = Limits {
@@ -128,7 +128,7 @@ pub async fn serve(
         "herald listening{}",
         if config.auth_enabled() { "" } else { " (open mode: anyone who can reach this address may subscribe and publish)" }
     );
-    let state = Arc::new(AppState::new(backend, metrics, limits));
+    let state = Arc::new(AppState::new(backend, metrics, limits).with_auth(auth));
     let service = ServiceBuilder::new().option_layer(cors_layer(&config.cors_origin)).service(App::new(state.clone()));
 
     let tracker = TaskTracker::new();
@@ -256,7 +256,7 @@ mod tests {
         let task = front::stream(stream, ready);
         let sizes = [
             ("stream task future", std::mem::size_of_val(&task), 640),
-            ("EventStream", std::mem::size_of::<crate::http::body::EventStream>(), 256),
+            ("EventStream", std::mem::size_of::<crate::http::body::EventStream>(), 224),
             ("Mailbox", std::mem::size_of::<crate::hub::Mailbox>(), 64),
         ];
         for (what, size, limit) in sizes {
