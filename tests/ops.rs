@@ -20,6 +20,7 @@ const METRICS: &[&str] = &[
     "herald_lagged_total",
     "herald_lagging_caught_up_total",
     "herald_lagging_dropped_total",
+    "herald_stalled_dropped_total",
     "herald_heartbeats_total",
     "herald_backend_reconnects_total",
 ];
