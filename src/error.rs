@@ -72,6 +72,9 @@ pub enum Error {
     /// The backend cannot be reached; nothing was done.
     #[error("the backend is unavailable; retry later")]
     BackendUnavailable(String),
+    /// The backend stopped answering after a publish was sent, and whether it ran could not be found out.
+    #[error("the backend stopped answering while publishing: the event may or may not have been published")]
+    PublishOutcomeUnknown,
 }
 
 impl Error {
@@ -90,9 +93,10 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotFound => StatusCode::NOT_FOUND,
-            Error::ShuttingDown | Error::TooManyConnections | Error::BackendUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::ShuttingDown
+            | Error::TooManyConnections
+            | Error::BackendUnavailable(_)
+            | Error::PublishOutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -114,7 +118,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::ShuttingDown => "shutting_down",
             Error::TooManyConnections => "too_many_connections",
-            Error::BackendUnavailable(_) => "backend_unavailable",
+            Error::BackendUnavailable(_) | Error::PublishOutcomeUnknown => "backend_unavailable",
         }
     }
 

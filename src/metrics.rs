@@ -39,6 +39,10 @@ pub struct Metrics {
     pub backend_events_caught_up: AtomicU64,
     /// Backend commands that failed or timed out.
     pub backend_errors: AtomicU64,
+    /// Publishes whose reply was lost and whose outcome was then settled (published or cancelled).
+    pub publishes_settled: AtomicU64,
+    /// Publishes whose reply was lost and whose outcome could not be settled.
+    pub publishes_unsettled: AtomicU64,
 }
 
 /// Gauges owned by the hub, sampled at scrape time.
@@ -136,6 +140,18 @@ impl Metrics {
             "herald_backend_errors_total",
             "Backend commands that failed or timed out.",
             &self.backend_errors,
+        );
+        counter(
+            &mut out,
+            "herald_backend_publishes_settled_total",
+            "Publishes whose reply was lost, then found published or cancelled.",
+            &self.publishes_settled,
+        );
+        counter(
+            &mut out,
+            "herald_backend_publishes_unsettled_total",
+            "Publishes whose reply was lost and whose outcome stayed unknown.",
+            &self.publishes_unsettled,
         );
         out
     }

@@ -173,7 +173,7 @@ async fn key_layout_is_as_documented() {
     assert!(redis.command(&["GET", "herald:last-id"]).contains(&last));
     assert!(redis.command(&["XLEN", "herald:stream:a"]).starts_with(":2\r\n"), "trimmed to --history-size");
     let entry = redis.command(&["XRANGE", "herald:stream:b", "-", "+"]);
-    for part in [first.as_str(), "topics", "a,b", "type", "t.x", "data", "one"] {
+    for part in [first.as_str(), "topics", "a,b", "type", "t.x", "data", "one", "nonce"] {
         assert!(entry.contains(part), "stream entry lacks {part:?}: {entry:?}");
     }
     let info = redis.command(&["XINFO", "STREAM", "herald:stream:a"]);
@@ -387,4 +387,85 @@ async fn channel_subscribed_while_wanted() {
         assert!(Instant::now() < deadline, "channels still subscribed after the last client left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Replays everything stored after `after` on `topic` (a fresh client resuming), up to `sentinel`.
+async fn stored_after(addr: SocketAddr, topic: &str, after: &str, sentinel: &str) -> Vec<SseEvent> {
+    let mut c = SseClient::open(addr, &events_path(&[topic], ""), &[("Last-Event-ID", after)]).await;
+    let mut events = Vec::new();
+    loop {
+        let e = c.next_event(T).await;
+        assert_ne!(e.event.as_deref(), Some("herald.reset"), "unexpected reset: {e:?}");
+        if e.id() == sentinel {
+            return events;
+        }
+        events.push(e);
+    }
+}
+
+/// Publishes whose script reply is delayed past the command timeout (Redis paused for writes): each one
+/// is settled, and the publisher's answer is the truth: `200` exactly when the event was stored (once,
+/// under that id, and delivered once), `503` exactly when it was not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_whose_reply_is_late_is_settled_truthfully() {
+    const K: usize = 5;
+    let redis = RedisServer::start();
+    let server = node(&redis, &[]);
+    let addr = server.addr();
+    let warm = publish(addr, &["p"], None, "warm-up").await; // loads the script
+    let mut live = SseClient::subscribe(addr, &["p"]).await;
+
+    redis.command(&["CLIENT", "PAUSE", "2600", "WRITE"]);
+    let started = Instant::now();
+    let publishes: Vec<_> = (0..K)
+        .map(|i| tokio::spawn(async move { (i, try_publish(addr, &["p"], &format!("late {i}")).await) }))
+        .collect();
+    let mut answered = Vec::new();
+    for p in publishes {
+        answered.push(p.await.expect("publish task"));
+    }
+    eprintln!("answers after {:?}: {answered:?}", started.elapsed());
+    let sentinel = publish(addr, &["p"], None, "sentinel").await;
+
+    let stored = stored_after(addr, "p", &warm, &sentinel).await;
+    for (i, answer) in &answered {
+        let data = format!("late {i}");
+        let copies: Vec<&SseEvent> = stored.iter().filter(|e| e.data == data).collect();
+        match answer {
+            Ok(id) => assert!(copies.len() == 1 && copies[0].id() == id, "{data}: 200 {id} but stored {copies:?}"),
+            Err(e) => {
+                assert!(e.starts_with("status 503"), "{data}: {e}");
+                assert!(copies.is_empty(), "{data}: 503 but stored {copies:?}");
+            }
+        }
+    }
+    let delivered = read_through(&mut live, &sentinel, T).await;
+    assert_eq!(delivered, stored.iter().map(|e| e.id().to_string()).chain([sentinel]).collect::<Vec<_>>());
+    let m = metrics(addr).await;
+    assert!(m["herald_backend_publishes_settled_total"] >= 1.0, "no publish went through settling: {answered:?}");
+}
+
+/// The command connection is killed while a publish waits in Redis (paused for writes), so the publish
+/// never runs: the node settles it as not published and answers 503, and the event never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_lost_with_its_connection_is_settled_as_not_published() {
+    let redis = RedisServer::start();
+    let server = node(&redis, &[]);
+    let addr = server.addr();
+    let warm = publish(addr, &["q"], None, "warm-up").await;
+
+    redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let publishing = tokio::spawn(async move { try_publish(addr, &["q"], "lost").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Normal clients: the node's command connection (not its pub/sub one, nor this one).
+    redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let answer = publishing.await.expect("publish task");
+    let err = answer.expect_err("a publish that never ran must not be answered 200");
+    assert!(err.starts_with("status 503") && err.contains("backend_unavailable"), "{err}");
+    assert!(!err.contains("may or may not"), "the outcome was settled, so the answer must say so: {err}");
+
+    let sentinel = publish(addr, &["q"], None, "sentinel").await;
+    let stored = stored_after(addr, "q", &warm, &sentinel).await;
+    assert!(stored.is_empty(), "stored although answered 503: {stored:?}");
+    assert!(metrics(addr).await["herald_backend_publishes_settled_total"] >= 1.0);
 }

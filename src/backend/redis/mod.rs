@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | `herald:last-id` | string | the last id issued, `<ms>-<seq>` |
 //! | `herald:epoch` | string | the first id issued since Redis last had no `herald:last-id` (since history was lost) |
-//! | `herald:stream:{topic}` | stream | one entry per event, entry id = event id; fields `topics` (the event's topics, comma-separated; topics never contain commas), `type` (omitted when none), `data` |
+//! | `herald:stream:{topic}` | stream | one entry per event, entry id = event id; fields `topics` (the event's topics, comma-separated; topics never contain commas), `type` (omitted when none), `data`, `nonce` (the publish's nonce, when the publisher gave one) |
+//! | `herald:cancel:{nonce}` | string, expires after 10 min | a publish settled as not published (see below) |
 //! | `herald:channel:{topic}` | pub/sub channel | one message per event: JSON `{"id":"…","topics":["…"],"type":"…" or null,"data":"…"}` |
 //!
 //! Each stream keeps the newest `--history-size` entries; older ones are deleted with `XDEL`, so that
@@ -34,10 +35,19 @@
 //! reconnects by itself. A resuming client's history is read from the streams after its last id
 //! (`XRANGE herald:stream:{topic} (<id> +`), in one script call so the reads are one snapshot.
 //! Every command has a [`COMMAND_TIMEOUT`]: when Redis is away, requests answer 503 promptly.
+//!
+//! ## A publish whose reply is lost
+//!
+//! When the publish script's reply does not come (a timeout, a dropped connection), the script may or may
+//! not have run, and a 503 that the publisher retries could publish the event twice. So every publish
+//! carries a nonce, and the node then runs the `SETTLE` script: it finds the nonce in the first topic's
+//! stream (published: the publisher gets `200` and the id) or records the nonce as cancelled, so that the
+//! publish script refuses it should it still arrive (not published: `503`, safe to retry). Only when Redis
+//! cannot be reached to settle within [`SETTLE_TIME`] is the outcome unknown; the 503 then says so.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -56,8 +66,18 @@ use crate::topic::Topic;
 mod feed;
 mod scripts;
 
+/// A prefix that no other node (nor this one before a restart) uses: process id and start time.
+fn nonce_prefix() -> String {
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("{:x}.{started:x}", std::process::id())
+}
+
 /// The longest any one Redis command may take before the request it serves answers 503.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node keeps trying to settle a publish whose reply was lost.
+pub const SETTLE_TIME: Duration = Duration::from_secs(2);
+/// Pause between settle attempts.
+const SETTLE_RETRY: Duration = Duration::from_millis(100);
 /// How long `/readyz` waits for Redis to answer `PING`.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a new subscription waits for the pub/sub connection (which may be reconnecting).
@@ -70,7 +90,11 @@ pub struct RedisBackend {
     history: HistoryLimits,
     commands: ConnectionManager,
     publish: Script,
+    settle: Script,
     read: Script,
+    /// Makes each publish's nonce unique across nodes and restarts: this node's prefix, then a counter.
+    nonce_prefix: String,
+    nonces: AtomicU64,
     feed: mpsc::UnboundedSender<Ensure>,
     state: Arc<FeedState>,
     metrics: Arc<Metrics>,
@@ -110,6 +134,9 @@ impl RedisBackend {
             history,
             commands,
             publish: Script::new(scripts::PUBLISH),
+            settle: Script::new(scripts::SETTLE),
+            nonce_prefix: nonce_prefix(),
+            nonces: AtomicU64::new(0),
             read: Script::new(scripts::READ),
             feed: feed_tx,
             state,
@@ -129,6 +156,41 @@ impl RedisBackend {
                 Metrics::inc(&self.metrics.backend_errors);
                 Err(Error::BackendUnavailable(format!("redis: no answer within {COMMAND_TIMEOUT:?}")))
             }
+        }
+    }
+
+    /// Decides a publish whose reply was lost (see "A publish whose reply is lost" above): `Ok(id)` when it
+    /// was published, [`Error::BackendUnavailable`] when it now never will be, or when Redis could not be
+    /// asked within [`SETTLE_TIME`] ([`Error::PublishOutcomeUnknown`]).
+    async fn settle(&self, nonce: &str, topic: &str, floor: EventId) -> Result<String, Error> {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIME;
+        loop {
+            let mut invocation = self.settle.prepare_invoke();
+            invocation.key(stream_key(topic)).arg(nonce).arg(floor.to_string());
+            let mut con = self.commands.clone();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, invocation.invoke_async::<Option<String>>(&mut con)).await {
+                Ok(Ok(Some(id))) => {
+                    Metrics::inc(&self.metrics.publishes_settled);
+                    tracing::info!(%id, "a publish whose reply was lost turned out published");
+                    return Ok(id);
+                }
+                Ok(Ok(None)) => {
+                    Metrics::inc(&self.metrics.publishes_settled);
+                    tracing::info!("a publish whose reply was lost is cancelled: nothing was published");
+                    return Err(Error::BackendUnavailable(
+                        "redis did not answer in time; nothing was published".into(),
+                    ));
+                }
+                Ok(Err(e)) => tracing::debug!(cause = %e, "settling a publish failed; retrying"),
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() + SETTLE_RETRY >= deadline {
+                Metrics::inc(&self.metrics.publishes_unsettled);
+                tracing::warn!("redis unreachable: whether a publish went through is unknown");
+                return Err(Error::PublishOutcomeUnknown);
+            }
+            tokio::time::sleep(SETTLE_RETRY).await;
         }
     }
 
@@ -207,8 +269,25 @@ impl Backend for RedisBackend {
         for topic in &event.topics {
             invocation.arg(&**topic);
         }
+        let nonce = format!("{}.{:x}", self.nonce_prefix, self.nonces.fetch_add(1, Ordering::Relaxed));
+        invocation.arg(&nonce);
         let mut con = self.commands.clone();
-        let id: String = self.command(invocation.invoke_async(&mut con)).await?;
+        let id: String = match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut con)).await {
+            Ok(Ok(id)) => id,
+            // Never sent, or answered with an error: the script did not run.
+            Ok(Err(e))
+                if e.is_connection_refusal() || !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) =>
+            {
+                Metrics::inc(&self.metrics.backend_errors);
+                return Err(Error::BackendUnavailable(format!("redis: {e}")));
+            }
+            // Sent, but no reply: find out.
+            Ok(Err(_)) | Err(_) => {
+                Metrics::inc(&self.metrics.backend_errors);
+                let first = event.topics.first().map(|t| &**t).unwrap_or_default();
+                self.settle(&nonce, first, floor).await?
+            }
+        };
         let id: EventId =
             id.parse().map_err(|_| Error::BackendUnavailable(format!("publish script returned {id:?}")))?;
         self.state.saw(id);

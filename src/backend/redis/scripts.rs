@@ -29,7 +29,12 @@ pub(super) fn channel(topic: &str) -> String {
 ///
 /// `KEYS`: `herald:last-id`, `herald:epoch`, then `herald:stream:{topic}` for each topic.
 /// `ARGV`: history size, history age limit in milliseconds (`0` for none), type (`""` for none), data, a
-/// floor id (`0-0` for none), then the topics in the order of their stream keys. Returns the id.
+/// floor id (`0-0` for none), then the topics in the order of their stream keys, then optionally a nonce.
+/// Returns the id.
+///
+/// The nonce (Herald always sends one; other publishers may leave it out) makes a publish whose reply was
+/// lost decidable, see [`SETTLE`]: it is stored as each entry's `nonce` field, and the script refuses to
+/// run (`HERALD_CANCELLED`) once `herald:cancel:{nonce}` exists.
 ///
 /// The id follows `max(herald:last-id, floor)` as `EventId::next` does, with Redis's `TIME` as the clock.
 /// When `herald:last-id` is missing (a new or emptied Redis), the newest entry of each stream counts too,
@@ -44,6 +49,10 @@ local function parse(id)
   return tonumber(ms), tonumber(seq)
 end
 local n = #KEYS - 2
+local nonce = ARGV[6 + n]
+if nonce and redis.call('EXISTS', 'herald:cancel:' .. nonce) == 1 then
+  return redis.error_reply('HERALD_CANCELLED this publish was settled as not published')
+end
 local ms, seq = parse(ARGV[5])
 local last = redis.call('GET', KEYS[1])
 if last then
@@ -71,11 +80,11 @@ local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 for i = 1, n do
   local key = KEYS[2 + i]
-  if ARGV[3] == '' then
-    redis.call('XADD', key, id, 'topics', joined, 'data', ARGV[4])
-  else
-    redis.call('XADD', key, id, 'topics', joined, 'type', ARGV[3], 'data', ARGV[4])
-  end
+  local fields = {'topics', joined}
+  if ARGV[3] ~= '' then fields[#fields + 1] = 'type'; fields[#fields + 1] = ARGV[3] end
+  fields[#fields + 1] = 'data'; fields[#fields + 1] = ARGV[4]
+  if nonce then fields[#fields + 1] = 'nonce'; fields[#fields + 1] = nonce end
+  redis.call('XADD', key, id, unpack(fields))
   local excess = redis.call('XLEN', key) - max
   if excess > 0 then
     for _, entry in ipairs(redis.call('XRANGE', key, '-', '+', 'COUNT', excess)) do
@@ -96,6 +105,24 @@ for i = 1, n do
   redis.call('PUBLISH', 'herald:channel:' .. topics[i], message)
 end
 return id
+";
+
+/// Decides a publish whose reply never came (a timeout, a dropped connection): was it published or not?
+///
+/// `KEYS[1]`: the stream of the event's first topic; `ARGV[1]`: the publish's nonce, `ARGV[2]`: the floor
+/// id it was sent with (its id, if it ran, is greater). Returns that id when an entry with the nonce is
+/// there; otherwise sets `herald:cancel:{nonce}` (for ten minutes), so that the publish, should it still
+/// reach Redis, refuses to run, and returns nil: then nothing was published. Atomic with the publish
+/// script, so the answer is final either way.
+pub(super) const SETTLE: &str = r"
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')) do
+  local fields = entry[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'nonce' and fields[i + 1] == ARGV[1] then return entry[1] end
+  end
+end
+redis.call('SET', 'herald:cancel:' .. ARGV[1], '1', 'PX', 600000)
+return false
 ";
 
 /// Reads what a resuming client needs, in one consistent snapshot.
