@@ -20,9 +20,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen, global = true)]
     pub listen: SocketAddr,
 
-    /// Use Redis as the backend (redis://host:port[/db]); without it, the in-memory backend.
+    /// Use Redis as the backend (redis://host:port[/db], or rediss:// for TLS); without it, the in-memory
+    /// backend.
     #[arg(long, env = "HERALD_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file of the certificate authority to trust for a rediss:// Redis (default: the system's roots).
+    #[arg(long, env = "HERALD_REDIS_CA_CERT", global = true)]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
 
     /// Events retained per topic for resuming clients.
     #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
@@ -168,6 +173,12 @@ impl Config {
                 return Err(ConfigError::BadRedisUrl(url.clone()));
             }
         }
+        if self.redis_ca_cert.is_some() {
+            if !self.redis_url.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid("--redis-ca-cert applies to a rediss:// --redis-url only".into()));
+            }
+            self.redis_ca_pem()?;
+        }
         if self.max_event_size == 0 || self.max_body_size == 0 {
             return Err(ConfigError::Invalid("--max-event-size and --max-body-size must be positive".into()));
         }
@@ -175,6 +186,23 @@ impl Config {
             return Err(ConfigError::Invalid("--max-connections must be positive".into()));
         }
         Ok(())
+    }
+
+    /// The contents of `--redis-ca-cert`, checked to hold a PEM certificate.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no certificate.
+    pub fn redis_ca_pem(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.redis_ca_cert else { return Ok(None) };
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::Invalid(format!("--redis-ca-cert {}: cannot read: {e}", path.display())))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-ca-cert {}: no PEM certificate (BEGIN CERTIFICATE) in it",
+                path.display()
+            )));
+        }
+        Ok(Some(pem))
     }
 
     /// Whether authentication is on: a key is configured.

@@ -469,3 +469,63 @@ async fn publish_lost_with_its_connection_is_settled_as_not_published() {
     assert!(stored.is_empty(), "stored although answered 503: {stored:?}");
     assert!(metrics(addr).await["herald_backend_publishes_settled_total"] >= 1.0);
 }
+
+fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/redis-tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `rediss://` with `--redis-ca-cert`: the whole path (publish script, pub/sub, history reads) runs over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca() {
+    let redis = RedisServer::start_tls();
+    let url = redis.tls_url();
+    let ca = tls_fixture("ca.pem");
+    let server = TestServer::start(&["--redis-url", &url, "--redis-ca-cert", &ca]);
+    let addr = server.addr();
+    assert!(server.startup_line().contains("backend=redis"), "{}", server.startup_line());
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    let mut c = SseClient::subscribe(addr, &["tls"]).await;
+    let first = publish(addr, &["tls"], None, "over tls").await;
+    let e = c.next_event(T).await;
+    assert_eq!((e.id(), e.data.as_str()), (first.as_str(), "over tls"));
+    let second = publish(addr, &["tls"], None, "second").await;
+    assert_eq!(c.next_event(T).await.id(), second);
+    // History reads too: resume after the first event.
+    let mut again = SseClient::open(addr, "/events?topics=tls", &[("Last-Event-ID", &first)]).await;
+    let replayed = again.next_event(T).await;
+    assert_eq!(replayed.id(), second, "{replayed:?}");
+    // And the events really are in this Redis (reached over its plain port by the test).
+    assert!(redis.command(&["XRANGE", "herald:stream:tls", "-", "+"]).contains("over tls"));
+}
+
+/// A certificate the node cannot verify is not trusted: the node never becomes ready and publishes
+/// answer 503, nothing reaches Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_certificate_from_another_ca_is_refused() {
+    let redis = RedisServer::start_tls();
+    let url = redis.tls_url();
+    let other = tls_fixture("other-ca.pem");
+    let server = TestServer::start(&["--redis-url", &url, "--redis-ca-cert", &other]);
+    let addr = server.addr();
+    assert_eq!(get(addr, "/readyz").await.status, 503);
+    let err = try_publish(addr, &["tls"], "must not arrive").await.expect_err("untrusted Redis");
+    assert!(err.starts_with("status 503"), "{err}");
+    assert!(redis.command(&["EXISTS", "herald:stream:tls"]).starts_with(":0"), "something reached Redis");
+}
+
+/// `--redis-ca-cert` is checked at start-up: only with `rediss://`, and only a file holding a certificate.
+#[test]
+fn redis_ca_cert_is_checked_at_start_up() {
+    let ca = tls_fixture("ca.pem");
+    let key = tls_fixture("server.key");
+    for (args, expected) in [
+        (vec!["--redis-ca-cert", ca.as_str()], "rediss://"),
+        (vec!["--redis-url", "redis://127.0.0.1:1", "--redis-ca-cert", ca.as_str()], "rediss://"),
+        (vec!["--redis-url", "rediss://127.0.0.1:1", "--redis-ca-cert", "/nonexistent/ca.pem"], "cannot read"),
+        (vec!["--redis-url", "rediss://127.0.0.1:1", "--redis-ca-cert", key.as_str()], "no PEM certificate"),
+    ] {
+        let (status, _stdout, stderr) = run_to_exit(&args, &[], Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{args:?}: {status:?}\n{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: stderr lacks {expected:?}:\n{stderr}");
+    }
+}

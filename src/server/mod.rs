@@ -61,7 +61,10 @@ fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Back
         HistoryLimits { size: usize::try_from(config.history_size).unwrap_or(usize::MAX), ttl: config.history_ttl };
     let queue = usize::try_from(config.queue_size).unwrap_or(usize::MAX);
     Ok(match &config.redis_url {
-        Some(url) => Arc::new(RedisBackend::connect(url, history, queue, metrics.clone())?),
+        Some(url) => {
+            let ca = config.redis_ca_pem().map_err(|e| e.to_string())?;
+            Arc::new(RedisBackend::connect(url, ca, history, queue, metrics.clone())?)
+        }
         None => Arc::new(MemoryBackend::new(history, queue, metrics.clone())),
     })
 }

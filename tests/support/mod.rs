@@ -355,6 +355,8 @@ pub(crate) use on_redis;
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// A TLS port besides the plain one (which the test's own commands use).
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -367,13 +369,38 @@ impl RedisServer {
         // A free port may be taken by someone else before redis-server binds it: try a few.
         let mut last_error = String::new();
         for _ in 0..5 {
-            let mut server = RedisServer { child: None, port: free_port() };
+            let mut server = RedisServer { child: None, port: free_port(), tls_port: None };
             match server.try_restart() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
             }
         }
         panic!("{last_error}");
+    }
+
+    /// Like [`RedisServer::start`], also serving TLS on a second port with the certificate in
+    /// `tests/fixtures/redis-tls/` (signed by the test CA `ca.pem` there, for `127.0.0.1`).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_tls() -> RedisServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut server = RedisServer { child: None, port: free_port(), tls_port: Some(free_port()) };
+            match server.try_restart() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("{last_error}");
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server from [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    /// When the server has no TLS port.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port.expect("started with start_tls"))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -407,8 +434,25 @@ impl RedisServer {
     fn try_restart(&mut self) -> Result<(), String> {
         self.stop();
         let port = self.port.to_string();
+        let mut args: Vec<String> =
+            ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from).to_vec();
+        if let Some(tls_port) = self.tls_port {
+            let dir = format!("{}/tests/fixtures/redis-tls", env!("CARGO_MANIFEST_DIR"));
+            args.extend([
+                "--tls-port".to_string(),
+                tls_port.to_string(),
+                "--tls-cert-file".to_string(),
+                format!("{dir}/server.pem"),
+                "--tls-key-file".to_string(),
+                format!("{dir}/server.key"),
+                "--tls-ca-cert-file".to_string(),
+                format!("{dir}/ca.pem"),
+                "--tls-auth-clients".to_string(),
+                "no".to_string(),
+            ]);
+        }
         let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

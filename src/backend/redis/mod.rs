@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{Script, TlsCertificates, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use self::feed::{Ensure, Feed, FeedState};
@@ -103,17 +103,24 @@ pub struct RedisBackend {
 impl RedisBackend {
     /// Makes a backend for the Redis at `url` and starts its pub/sub task. Does not wait for Redis: the
     /// task connects (and keeps retrying with back-off, logging why) in the background, and `ready()`
-    /// says when it is up. Must be called within a Tokio runtime.
+    /// says when it is up. Must be called within a Tokio runtime. `ca_cert`, for a `rediss://` URL, is a PEM
+    /// certificate authority to trust instead of the system's roots.
     ///
     /// # Errors
     /// The URL is not a Redis URL.
     pub fn connect(
         url: &str,
+        ca_cert: Option<Vec<u8>>,
         history: HistoryLimits,
         queue_size: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad --redis-url: {e}"))?;
+        let client = match ca_cert {
+            // rediss:// trusting this authority rather than the system's roots.
+            Some(pem) => redis::Client::build_with_tls(url, TlsCertificates { client_tls: None, root_cert: Some(pem) }),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| format!("bad --redis-url: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
