@@ -39,6 +39,10 @@ pub struct Metrics {
     pub backend_events_caught_up: AtomicU64,
     /// Backend commands that failed or timed out.
     pub backend_errors: AtomicU64,
+    /// Requests refused with 401 (no valid token where one was needed).
+    pub unauthorized: AtomicU64,
+    /// Requests refused with 403 (a token that does not allow a topic).
+    pub forbidden: AtomicU64,
     /// Publishes whose reply was lost and whose outcome was then settled (published or cancelled).
     pub publishes_settled: AtomicU64,
     /// Publishes whose reply was lost and whose outcome could not be settled.
@@ -140,6 +144,18 @@ impl Metrics {
             "herald_backend_errors_total",
             "Backend commands that failed or timed out.",
             &self.backend_errors,
+        );
+        counter(
+            &mut out,
+            "herald_unauthorized_total",
+            "Requests refused with 401: no valid token where one was needed.",
+            &self.unauthorized,
+        );
+        counter(
+            &mut out,
+            "herald_forbidden_total",
+            "Requests refused with 403: a token that does not allow one of the topics.",
+            &self.forbidden,
         );
         counter(
             &mut out,

@@ -842,6 +842,21 @@ async fn tokens_never_appear_in_logs() {
     }
 }
 
+#[tokio::test]
+async fn refusals_are_counted_in_metrics() {
+    let server = start_hs(&[]);
+    let addr = server.addr();
+    assert_eq!(http(addr, "GET", &events_path(&["doc/1"], ""), &[], b"").await.status, 401);
+    let narrow = bearer(&hs(&claims(&["user/*"], &[])));
+    let refused = http(addr, "GET", &events_path(&["doc/1"], ""), &[("Authorization", &narrow)], b"").await;
+    assert_eq!(refused.status, 403);
+    let body = br#"{"topic":"doc/1","data":"x"}"#;
+    let publish = http(addr, "POST", "/publish", &[("Content-Type", "application/json")], body).await;
+    assert_eq!(publish.status, 401);
+    let m = metrics(addr).await;
+    assert_eq!((m["herald_unauthorized_total"], m["herald_forbidden_total"]), (2.0, 1.0));
+}
+
 /// The same tests against Redis.
 mod on_redis {
     super::support::on_redis!(

@@ -151,6 +151,15 @@ impl<B: RequestBody> tower::Service<Request<B>> for App {
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let state = self.state.clone();
-        Box::pin(async move { Ok(App::route(state, req).await.unwrap_or_else(Error::into_response)) })
+        Box::pin(async move {
+            Ok(App::route(state.clone(), req).await.unwrap_or_else(|e| {
+                match e {
+                    Error::Unauthorized(_) => Metrics::inc(&state.metrics.unauthorized),
+                    Error::Forbidden(_) => Metrics::inc(&state.metrics.forbidden),
+                    _ => {}
+                }
+                e.into_response()
+            }))
+        })
     }
 }
