@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_CORS_ORIGIN", value_delimiter = ',', global = true)]
     pub cors_origin: Vec<String>,
 
+    /// Seconds a client has to send a request's head, and a publish's body; a slower one gets 408 or is
+    /// disconnected.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT", default_value = "30", value_parser = parse_secs, global = true)]
+    pub request_timeout: Duration,
+
     /// Seconds a stream may wait for its client to accept bytes before it is closed (a client that stopped
     /// reading; it resumes with its last event id when it reads again). Like nginx's `send_timeout`.
     #[arg(long, env = "HERALD_SEND_TIMEOUT", default_value = "60", value_parser = parse_secs, global = true)]

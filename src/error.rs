@@ -60,6 +60,9 @@ pub enum Error {
         /// The value of the `Allow` header.
         allow: &'static str,
     },
+    /// The client did not send the request body within `--request-timeout`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// Nothing is served at this path.
     #[error("not found")]
     NotFound,
@@ -93,6 +96,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotFound => StatusCode::NOT_FOUND,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown
             | Error::TooManyConnections
             | Error::BackendUnavailable(_)
@@ -116,6 +120,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::NotFound => "not_found",
+            Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::TooManyConnections => "too_many_connections",
             Error::BackendUnavailable(_) | Error::PublishOutcomeUnknown => "backend_unavailable",

@@ -352,6 +352,39 @@ async fn other_methods_are_405() {
     }
 }
 
+/// `--request-timeout`: a publish body that does not arrive in time gets 408 `request_timeout`; a client
+/// that sends nothing, or only part of a head, is disconnected. Nothing is published.
+#[tokio::test]
+async fn slow_requests_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&["--request-timeout", "1"]);
+    let addr = server.addr();
+
+    /// Sends `bytes`, then reads until the server closes; returns what it sent back and how long it took.
+    async fn send_and_wait(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let start = std::time::Instant::now();
+        let mut got = Vec::new();
+        tokio::time::timeout(T, s.read_to_end(&mut got)).await.expect("server closes the connection").ok();
+        (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+    }
+
+    let partial_body =
+        b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\"";
+    let (reply, took) = send_and_wait(addr, partial_body).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
+    assert!(reply.contains(r#""code":"request_timeout""#), "{reply:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?} with --request-timeout 1");
+
+    for head in [&b""[..], b"GET /events?topics=a HTTP/1.1\r\nHost", b"POST /publish HTTP/1.1\r\n"] {
+        let (reply, took) = send_and_wait(addr, head).await;
+        assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{head:?}: {reply:?}");
+        assert!(took < Duration::from_secs(4), "{head:?}: closed after {took:?}");
+    }
+    assert_eq!(metrics(addr).await["herald_events_published_total"], 0.0);
+}
+
 /// The same tests against Redis.
 mod on_redis {
     super::support::on_redis!(

@@ -46,6 +46,8 @@ pub struct Limits {
     pub retry_ms: u64,
     /// Time a stream may wait for its client to accept bytes before it is closed.
     pub send_timeout: Duration,
+    /// Time a publisher has to send its request body.
+    pub request_timeout: Duration,
 }
 
 /// State shared by every request.

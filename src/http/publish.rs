@@ -106,7 +106,9 @@ pub(super) async fn publish<B: RequestBody>(
         None => None,
     };
     let format = format_of(&req)?;
-    let body = read_body(req, state.limits.max_body_size).await?;
+    let body = tokio::time::timeout(state.limits.request_timeout, read_body(req, state.limits.max_body_size))
+        .await
+        .map_err(|_| Error::RequestTimeout)??;
     let event = parse_event(format, &body, &state.limits)?;
     if let Some(grant) = grant {
         grant.allow(&event.topics)?;
@@ -132,6 +134,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
             send_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 

@@ -33,8 +33,6 @@ const INITIAL_HEAD_BUFFER: usize = 1024;
 const MAX_HEAD: usize = 16 * 1024;
 /// Headers parsed by the front; a request with more goes to hyper.
 const MAX_HEADERS: usize = 64;
-/// Time a client has to send its first request head (hyper's default for later requests is the same).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads of unexpected client bytes per wake-up while streaming; bounds the work a chatty client causes.
 const MAX_DISCARD_READS: usize = 16;
 
@@ -56,9 +54,10 @@ enum Parsed {
     Partial,
 }
 
-/// Reads the first request head.
-pub(crate) async fn read_head(stream: &mut TcpStream) -> Sniffed {
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+/// Reads the first request head, which must arrive within `timeout` (`--request-timeout`; hyper applies the
+/// same to later requests).
+pub(crate) async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Sniffed {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER);
     loop {
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {

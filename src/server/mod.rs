@@ -120,6 +120,7 @@ pub async fn serve(
         heartbeat: config.heartbeat,
         retry_ms: config.retry,
         send_timeout: config.send_timeout,
+        request_timeout: config.request_timeout,
     };
     let addr = listener.local_addr()?;
     wait_ready(backend.as_ref()).await;
@@ -137,7 +138,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let closing = CancellationToken::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER);
+    http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER).header_read_timeout(Some(config.request_timeout));
     let http = Arc::new(http);
 
     tokio::pin!(shutdown);
@@ -147,7 +148,14 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    let task = serve_connection(http.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+                    let task = serve_connection(
+                        http.clone(),
+                        stream,
+                        service.clone(),
+                        closing.clone(),
+                        tracker.clone(),
+                        config.request_timeout,
+                    );
                     tracker.spawn(task);
                 }
                 Err(e) => {
@@ -181,12 +189,13 @@ async fn serve_connection(
     service: Service,
     closing: CancellationToken,
     tracker: TaskTracker,
+    head_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
     // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
     let sniffed = Box::pin(async {
         tokio::select! {
-            sniffed = front::read_head(&mut stream) => sniffed,
+            sniffed = front::read_head(&mut stream, head_timeout) => sniffed,
             () = closing.cancelled() => Sniffed::Gone,
         }
     })
@@ -251,6 +260,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
             send_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
         };
         let state = Arc::new(AppState::new(build_backend(&config, &metrics).expect("backend"), metrics, limits));
         let service: Service = ServiceBuilder::new().option_layer(cors_layer(&[])).service(App::new(state));
