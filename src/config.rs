@@ -33,6 +33,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub history_size: u64,
 
+    /// Memory backend: bound on all topics' history together, in bytes; past it the node's oldest events
+    /// are evicted first (a client that missed them gets `herald.reset`).
+    #[arg(long, env = "HERALD_MAX_HISTORY_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_history_bytes: u64,
+
     /// Also drop events older than this many seconds from each topic's history (fractions allowed);
     /// a client that was away longer gets `herald.reset` for the topics that lost events.
     #[arg(long, env = "HERALD_HISTORY_TTL", value_parser = parse_secs, global = true)]

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub backend_events_caught_up: AtomicU64,
     /// Backend commands that failed or timed out.
     pub backend_errors: AtomicU64,
+    /// Bytes of event history held in this process (the memory backend; 0 with Redis).
+    pub history_bytes: AtomicU64,
     /// Requests refused with 401 (no valid token where one was needed).
     pub unauthorized: AtomicU64,
     /// Requests refused with 403 (a token that does not allow a topic).
@@ -90,6 +92,12 @@ impl Metrics {
             "herald_subscriptions_active",
             "Subscriptions (connection and topic pairs) on this node.",
             hub.subscriptions_active as u64,
+        );
+        gauge(
+            &mut out,
+            "herald_history_bytes",
+            "Bytes of event history held in this process (memory backend; 0 with Redis).",
+            self.history_bytes.load(Relaxed),
         );
         counter(
             &mut out,

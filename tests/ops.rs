@@ -12,6 +12,7 @@ const METRICS: &[&str] = &[
     "herald_connections_open",
     "herald_topics_active",
     "herald_subscriptions_active",
+    "herald_history_bytes",
     "herald_events_published_total",
     "herald_events_delivered_total",
     "herald_bytes_written_total",

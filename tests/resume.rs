@@ -414,6 +414,32 @@ async fn resume_race_no_gap_no_duplicate() {
     }
 }
 
+/// Memory backend, `--max-history-bytes`: the node's oldest events are evicted to stay within the bound
+/// (whatever each topic's own limit), a client that missed evicted events gets `herald.reset`, and one that
+/// had seen them resumes without one.
+#[tokio::test]
+async fn history_byte_bound_evicts_oldest_and_resets() {
+    const BOUND: f64 = 40_000.0;
+    let server = TestServer::start(&["--max-history-bytes", "40000", "--history-size", "1000"]);
+    let addr = server.addr();
+    let data = "x".repeat(1000);
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(publish(addr, &[&format!("bound/{}", i % 5)], None, &data).await);
+    }
+    let held = metrics(addr).await["herald_history_bytes"];
+    assert!(held > 0.0 && held <= BOUND, "herald_history_bytes = {held}");
+    // bound/0's first event is long gone: resuming from just before it is a reset, then what is left.
+    let mut c = SseClient::open(addr, "/events?topics=bound/0", &[("Last-Event-ID", &ids[0])]).await;
+    let (topics, reason) = reset_payload(&c.next_event(T).await);
+    assert_eq!((topics, reason.as_str()), (vec!["bound/0".to_string()], "trimmed"));
+    let kept = c.next_event(T).await;
+    assert!(id_key(kept.id()) > id_key(&ids[100]), "an old event survived: {kept:?}");
+    // A client that had seen bound/0's newest event lost nothing.
+    let mut d = SseClient::open(addr, "/events?topics=bound/0", &[("Last-Event-ID", &ids[195])]).await;
+    d.assert_no_event(Duration::from_millis(300)).await;
+}
+
 /// The same tests against Redis (the restart tests are about the memory backend: a Redis deployment
 /// keeps its history when a node restarts; its own tests cover history lost in Redis).
 mod on_redis {

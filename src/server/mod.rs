@@ -65,7 +65,10 @@ fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Back
             let ca = config.redis_ca_pem().map_err(|e| e.to_string())?;
             Arc::new(RedisBackend::connect(url, ca, history, queue, metrics.clone())?)
         }
-        None => Arc::new(MemoryBackend::new(history, queue, metrics.clone())),
+        None => Arc::new(
+            MemoryBackend::new(history, queue, metrics.clone())
+                .with_max_bytes(usize::try_from(config.max_history_bytes).unwrap_or(usize::MAX)),
+        ),
     })
 }
 
