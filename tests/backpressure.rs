@@ -66,7 +66,7 @@ async fn reader(
                     );
                     assert_eq!(e.data.len(), EVENT_SIZE, "event data size");
                     ids.push(e.id().to_string());
-                    if !lagged && ids.len() % 10 == 0 {
+                    if !lagged && ids.len().is_multiple_of(10) {
                         lagged = metrics(addr).await.get("herald_lagged_total").is_some_and(|n| *n >= 1.0);
                     }
                     if ids.len() <= plan.slow_events || !lagged {
@@ -114,7 +114,7 @@ async fn stuck_client_does_not_hold_back_readers_or_memory() {
     let mut max_rss = server.rss_bytes();
     for i in 0..N {
         published.push(publish(addr, &[&topic], None, &payload(i)).await);
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             max_rss = max_rss.max(server.rss_bytes());
         }
     }

@@ -116,7 +116,7 @@ async fn injection_cases_round_trip() {
     ];
     let mut published = Vec::new();
     for (i, data) in cases.iter().enumerate() {
-        let ty = if i % 2 == 0 { Some("t.x") } else { None };
+        let ty = if i.is_multiple_of(2) { Some("t.x") } else { None };
         let id = publish(addr, &["inj"], ty, data).await;
         published.push((id, ty, *data));
     }

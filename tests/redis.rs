@@ -202,7 +202,7 @@ async fn killed_pubsub_connection_loses_nothing() {
             for i in 0..EVENTS {
                 let topic = topics[i % 2];
                 published.push((publish(addr, &[topic], None, &format!("{i}")).await, topic));
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
@@ -335,7 +335,7 @@ async fn killed_node_clients_resume_elsewhere_losing_nothing() {
             let mut ids = Vec::new();
             for i in 0..300 {
                 ids.push(publish(addr, &[["n1", "n2"][i % 2]], None, &format!("{i}")).await);
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }

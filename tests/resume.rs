@@ -298,7 +298,7 @@ async fn resume_race_no_gap_no_duplicate() {
                     let id = publish(addr, &[topic], None, &format!("{topic} {}", own.len())).await;
                     own.push(id.clone());
                     published.lock().expect("lock").push(id);
-                    if own.len() % 8 == 0 {
+                    if own.len().is_multiple_of(8) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }

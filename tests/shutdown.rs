@@ -46,7 +46,7 @@ async fn sigterm_ends_streams_cleanly_and_exits_zero() {
             let mut ok = 0usize;
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) && i < 10_000 {
-                let topic = if i % 2 == 0 { "s/a" } else { "s/b" };
+                let topic = if i.is_multiple_of(2) { "s/a" } else { "s/b" };
                 if try_publish(addr, &[topic], &format!("{i}")).await.is_ok() {
                     ok += 1;
                 }
