@@ -176,6 +176,11 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// This connection's number in the hub, unique while it is registered.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The topics this connection is subscribed to.
     pub fn topics(&self) -> &[Topic] {
         &self.topics

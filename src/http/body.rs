@@ -139,6 +139,15 @@ pub struct StreamSettings {
     pub send_timeout: Duration,
 }
 
+/// How much later than the heartbeat interval this stream's heartbeat timer fires: 0 to 10% of the
+/// interval, fixed per connection. Connections opened together (or woken by the same event) would otherwise
+/// all send their heartbeat in the same instant, tens of thousands of writes at once; spread, they go out
+/// over a tenth of the interval. A heartbeat is still only sent after the interval of silence.
+fn spread(registration: &Registration, settings: &StreamSettings) -> Duration {
+    let slot = registration.id().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024, well mixed
+    settings.heartbeat.mul_f64(slot as f64 / 10_240.0)
+}
+
 /// One open `GET /events` stream: the opening bytes, then replay, then live events and heartbeats.
 #[derive(Debug)]
 pub struct EventStream {
@@ -172,7 +181,7 @@ impl EventStream {
     ) -> Self {
         let now = Instant::now();
         EventStream {
-            heartbeat: Box::pin(tokio::time::sleep_until(now + settings.heartbeat)),
+            heartbeat: Box::pin(tokio::time::sleep_until(now + settings.heartbeat + spread(&registration, &settings))),
             settings,
             registration,
             head: Some(head),
@@ -196,8 +205,13 @@ impl EventStream {
     /// reconnects with whatever token it has by then.
     pub fn end_at(&mut self, at: Instant) {
         self.ends_at = Some(at);
-        let wake = self.wake_at(self.last_activity + self.settings.heartbeat);
+        let wake = self.wake_at(self.last_activity + self.settings.heartbeat + self.spread());
         self.heartbeat.as_mut().reset(wake);
+    }
+
+    /// This stream's share of [`spread`].
+    fn spread(&self) -> Duration {
+        spread(&self.registration, &self.settings)
     }
 
     /// The timer's next deadline: `at`, or the stream's end when that comes first.
@@ -361,13 +375,41 @@ impl EventStream {
             let now = Instant::now();
             if now >= due {
                 Metrics::inc(&self.settings.metrics.heartbeats);
-                let next = self.wake_at(now + self.settings.heartbeat);
+                let next = self.wake_at(now + self.settings.heartbeat + self.spread());
                 self.heartbeat.as_mut().reset(next);
                 let comment = if self.chunked { sse::HEARTBEAT_CHUNK } else { sse::HEARTBEAT };
                 return Poll::Ready(Some(self.written(Bytes::from_static(comment), 0)));
             }
-            let next = self.wake_at(due);
+            let next = self.wake_at(due + self.spread());
             self.heartbeat.as_mut().reset(next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{HistoryLimits, MemoryBackend};
+
+    /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
+    #[test]
+    fn heartbeats_of_connections_opened_together_are_spread() {
+        let metrics = Arc::new(Metrics::default());
+        let backend = Arc::new(MemoryBackend::new(HistoryLimits { size: 1, ttl: None }, 4, metrics.clone()));
+        let settings = StreamSettings {
+            backend: backend.clone(),
+            metrics,
+            heartbeat: Duration::from_secs(15),
+            send_timeout: Duration::from_secs(60),
+        };
+        let mut tenths = [0usize; 10];
+        for _ in 0..1000 {
+            let (registration, _) = backend.hub().register(&["t".into()]).expect("register");
+            let offset = spread(&registration, &settings);
+            assert!(offset < Duration::from_millis(1500), "offset {offset:?} over 10% of 15 s");
+            tenths[(offset.as_secs_f64() / 0.15) as usize] += 1;
+        }
+        // Each tenth of the window gets a fair share: no burst left in one place.
+        assert!(tenths.iter().all(|&n| (50..=150).contains(&n)), "{tenths:?}");
     }
 }
