@@ -45,6 +45,11 @@ impl Pattern {
         }
     }
 
+    /// Reads a claim's list of patterns.
+    pub fn from_claims(claims: &[String]) -> Vec<Pattern> {
+        claims.iter().map(|p| Pattern::from_claim(p)).collect()
+    }
+
     /// Reads a `--public-topic` pattern, refusing one that could never match as written (`a*b`, `a b`).
     ///
     /// # Errors
@@ -213,7 +218,7 @@ impl Auth {
             return Ok(SubscribeGrant { ends_at: None });
         }
         let token = self.verify(headers, query)?;
-        let patterns: Vec<Pattern> = token.grants.subscribe.iter().map(|p| Pattern::from_claim(p)).collect();
+        let patterns = Pattern::from_claims(&token.grants.subscribe);
         if let Some(topic) = private.find(|t| !covered(&patterns, t)) {
             return Err(Error::Forbidden(format!("the token does not allow subscribing to {topic:?}")));
         }
@@ -230,7 +235,7 @@ impl Auth {
     /// [`Error::Unauthorized`] when it does not.
     pub fn authenticate_publisher(&self, headers: &HeaderMap, query: Option<&str>) -> Result<PublishGrant, Error> {
         let token = self.verify(headers, query)?;
-        Ok(PublishGrant { patterns: token.grants.publish.iter().map(|p| Pattern::from_claim(p)).collect() })
+        Ok(PublishGrant { patterns: Pattern::from_claims(&token.grants.publish) })
     }
 
     fn verify(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Token, Error> {

@@ -148,6 +148,11 @@ fn spread(registration: &Registration, settings: &StreamSettings) -> Duration {
     settings.heartbeat.mul_f64(slot as f64 / 10_240.0)
 }
 
+/// When the heartbeat timer of a stream silent since `from` fires: the interval, plus its [`spread`].
+fn idle_deadline(from: Instant, registration: &Registration, settings: &StreamSettings) -> Instant {
+    from + settings.heartbeat + spread(registration, settings)
+}
+
 /// One open `GET /events` stream: the opening bytes, then replay, then live events and heartbeats.
 #[derive(Debug)]
 pub struct EventStream {
@@ -181,7 +186,7 @@ impl EventStream {
     ) -> Self {
         let now = Instant::now();
         EventStream {
-            heartbeat: Box::pin(tokio::time::sleep_until(now + settings.heartbeat + spread(&registration, &settings))),
+            heartbeat: Box::pin(tokio::time::sleep_until(idle_deadline(now, &registration, &settings))),
             settings,
             registration,
             head: Some(head),
@@ -205,18 +210,15 @@ impl EventStream {
     /// reconnects with whatever token it has by then.
     pub fn end_at(&mut self, at: Instant) {
         self.ends_at = Some(at);
-        let wake = self.wake_at(self.last_activity + self.settings.heartbeat + self.spread());
+        let wake = self.next_wake(self.last_activity);
         self.heartbeat.as_mut().reset(wake);
     }
 
-    /// This stream's share of [`spread`].
-    fn spread(&self) -> Duration {
-        spread(&self.registration, &self.settings)
-    }
-
-    /// The timer's next deadline: `at`, or the stream's end when that comes first.
-    fn wake_at(&self, at: Instant) -> Instant {
-        self.ends_at.map_or(at, |end| end.min(at))
+    /// When the timer should next fire if the stream stays silent from `from`: the heartbeat's
+    /// [`idle_deadline`], or the stream's end when that comes first.
+    fn next_wake(&self, from: Instant) -> Instant {
+        let heartbeat = idle_deadline(from, &self.registration, &self.settings);
+        self.ends_at.map_or(heartbeat, |end| end.min(heartbeat))
     }
 
     fn has_expired(&self) -> bool {
@@ -375,12 +377,12 @@ impl EventStream {
             let now = Instant::now();
             if now >= due {
                 Metrics::inc(&self.settings.metrics.heartbeats);
-                let next = self.wake_at(now + self.settings.heartbeat + self.spread());
+                let next = self.next_wake(now);
                 self.heartbeat.as_mut().reset(next);
                 let comment = if self.chunked { sse::HEARTBEAT_CHUNK } else { sse::HEARTBEAT };
                 return Poll::Ready(Some(self.written(Bytes::from_static(comment), 0)));
             }
-            let next = self.wake_at(due + self.spread());
+            let next = self.next_wake(self.last_activity);
             self.heartbeat.as_mut().reset(next);
         }
     }
