@@ -1,22 +1,33 @@
-//! The command-line tools of API.md ("Command-line tools").
+//! The command-line tools: `herald token`, `herald publish` and `herald tail` (API.md, "Command-line tools").
 //!
 //! - [`token`] signs a JWT with the key a server is configured with, for development and scripts.
+//! - [`publish`] sends one event to `POST /publish` and prints its id.
+//! - [`tail`] prints a stream's events as they arrive, reconnecting and resuming with its last id the way
+//!   a browser does.
 //!
 //! The tools have their own flags, not the server's: [`from_args`] parses a command line whose first
 //! argument names a tool with [`Tools`], which knows nothing of the serve flags, so that
-//! `herald token --help` lists only what `token` reads. The same subcommands are also declared in
+//! `herald tail --help` lists only what `tail` reads. The same subcommands are also declared in
 //! [`crate::config::Command`] so that `herald --help` lists them.
 //!
 //! Every tool flag also reads `HERALD_` plus its name in capitals, like the server's flags
-//! (`--ttl` ↔ `HERALD_TTL`). Exit status: 0 on success, 1 when the work failed
+//! (`--token` ↔ `HERALD_TOKEN`, `--url` ↔ `HERALD_URL`). Exit status: 0 on success, 1 when the work failed
 //! (the server refused, the network failed), 2 when the command line cannot be used (a bad `--ttl`, no key).
 
+pub mod publish;
+pub mod tail;
 pub mod token;
+
+mod client;
+mod event_stream;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// The server a tool talks to when `--url` is not given: `herald serve`'s default `--listen`.
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
 /// The tools' command line, without the server's flags.
 #[derive(Debug, Clone, Parser)]
@@ -32,18 +43,24 @@ pub struct Tools {
 pub enum Tool {
     /// Print a token signed with the server's key (--jwt-secret or --jwt-private-key), for development.
     Token(token::TokenArgs),
+    /// Publish one event and print its id.
+    Publish(publish::PublishArgs),
+    /// Print a stream's events as they arrive, resuming with the last id across disconnects.
+    Tail(tail::TailArgs),
 }
 
 impl Tool {
     fn name(&self) -> &'static str {
         match self {
             Tool::Token(_) => "token",
+            Tool::Publish(_) => "publish",
+            Tool::Tail(_) => "tail",
         }
     }
 }
 
 /// The names of the tools, as their subcommands are spelled.
-const TOOL_NAMES: [&str; 1] = ["token"];
+const TOOL_NAMES: [&str; 3] = ["token", "publish", "tail"];
 
 /// Parses `args` (the program name first) as a tool's command line when its first argument names a tool
 /// (or is `help` followed by one); `None` for anything else, which is the server's command line.
@@ -88,6 +105,8 @@ pub fn run(tool: Tool) -> ExitCode {
     let name = tool.name();
     let result = match tool {
         Tool::Token(args) => token::run(&args),
+        Tool::Publish(args) => block_on(publish::run(args)),
+        Tool::Tail(args) => block_on(tail::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,6 +115,15 @@ pub fn run(tool: Tool) -> ExitCode {
             ExitCode::from(failure.status)
         }
     }
+}
+
+/// Runs a networked tool on a single-threaded runtime: one connection at a time needs no more.
+fn block_on(tool: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(tool)
 }
 
 #[cfg(test)]
@@ -121,11 +149,13 @@ mod tests {
         assert!(from_args(args("herald help")).is_none());
         assert!(from_args(args("herald help serve")).is_none());
         assert!(matches!(from_args(args("herald token --jwt-secret s --subscribe a")), Some(Tool::Token(_))));
+        assert!(matches!(from_args(args("herald publish a b")), Some(Tool::Publish(_))));
+        assert!(matches!(from_args(args("herald tail a")), Some(Tool::Tail(_))));
     }
 
     #[test]
     fn the_server_command_line_knows_the_tools_too() {
-        let config = crate::config::Config::try_parse_from(args("herald token --subscribe a")).expect("parses");
-        assert!(matches!(config.command, Some(crate::config::Command::Tool(Tool::Token(_)))));
+        let config = crate::config::Config::try_parse_from(args("herald tail a,b")).expect("parses");
+        assert!(matches!(config.command, Some(crate::config::Command::Tool(Tool::Tail(_)))));
     }
 }
