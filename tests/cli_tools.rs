@@ -353,8 +353,8 @@ async fn publish_errors_exit_non_zero_with_the_servers_message() {
     let closed = format!("http://{}", closed_addr());
     let stderr = tool_fails(&["publish", "--url", &closed, "doc/1", "x"], &[], 1);
     assert!(stderr.contains("cannot connect"), "{stderr}");
-    // Not an http:// URL: a usage error.
-    let stderr = tool_fails(&["publish", "--url", "https://127.0.0.1:1/", "doc/1", "x"], &[], 2);
+    // Not an http:// or https:// URL: a usage error.
+    let stderr = tool_fails(&["publish", "--url", "ftp://127.0.0.1:1/", "doc/1", "x"], &[], 2);
     assert!(stderr.contains("https://"), "{stderr}");
 }
 
@@ -514,6 +514,63 @@ async fn tail_resumes_across_a_server_restart_on_redis() {
     let e4 = publish(b.addr(), &["r"], None, "4").await;
     assert_eq!(data(tail.line()), json!({"id": e4, "type": "message", "data": "4"}));
     tail.no_line(Duration::from_millis(300));
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS
+// ---------------------------------------------------------------------------------------------
+
+/// A TLS-terminating front for `to` (as a proxy would be), with the test certificate for 127.0.0.1 and
+/// localhost in tests/fixtures/redis-tls, signed by the test CA `ca.pem` there.
+async fn tls_front(to: SocketAddr) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |name: &str| std::fs::read(fixture(&format!("redis-tls/{name}"))).expect("TLS fixture");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read("server.pem")).collect::<Result<_, _>>().expect("certificate");
+    let key = PrivateKeyDer::from_pem_slice(&read("server.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind TLS front");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut client) = acceptor.accept(client).await else { return };
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_tail_over_https() {
+    let server = TestServer::start(&["--jwt-secret", SECRET]);
+    let front = tls_front(server.addr()).await;
+    let token = token(&["--subscribe", "s", "--publish", "s"]);
+    let ca = fixture("redis-tls/ca.pem");
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{}", front.port());
+        let mut tail = Tail::start(&["--url", &url, "--ca-cert", &ca, "--token", &token, "s"]);
+        tail.wait_connected();
+        let id = tool_ok(&["publish", "--url", &url, "--token", &token, "s", host], &[("HERALD_CA_CERT", &ca)], "");
+        assert_eq!(tail.line(), text_line(&id, "message", host));
+    }
+    // A certificate the client does not trust.
+    let url = format!("https://127.0.0.1:{}", front.port());
+    let other = fixture("redis-tls/other-ca.pem");
+    let stderr = tool_fails(&["publish", "--url", &url, "--ca-cert", &other, "--token", &token, "s", "x"], &[], 1);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    let stderr = tool_fails(&["tail", "--url", &url, "--ca-cert", &other, "s"], &[], 1);
+    assert!(stderr.contains("certificate") && !stderr.contains("reconnecting"), "not final: {stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
 //! The tools' HTTP client: one HTTP/1.1 connection per request (hyper's client connection over a tokio
-//! `TcpStream`), to an `http://` URL.
+//! `TcpStream`), to an `http://` or `https://` URL.
+//!
+//! HTTPS is rustls (with ring, as for Redis): the server's certificate is checked against the system's root
+//! certificates, or against `--ca-cert FILE` only when given (a private certificate authority, as curl's
+//! `--cacert`). ALPN offers `http/1.1` alone.
 //!
 //! `--url` is the server's base URL (`http://127.0.0.1:8080`, or with a path prefix behind a proxy,
 //! `http://example.com/herald`) or the endpoint's own URL (`…/publish`, `…/events`): the endpoint's name is
 //! appended unless the path already ends with it, so one URL serves both tools.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,15 +18,32 @@ use http::{header, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// Most of an error response's body that is read for its message.
 const ERROR_BODY_MAX: usize = 64 * 1024;
 /// Time given to read an error response's body.
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a request got no answer.
+#[derive(Debug)]
+pub(crate) struct SendError {
+    /// What failed, for the user.
+    pub(crate) message: String,
+    /// Trying again cannot help: the server's certificate is not trusted.
+    pub(crate) permanent: bool,
+}
+
+impl SendError {
+    fn transient(message: String) -> SendError {
+        SendError { message, permanent: false }
+    }
+}
+
 /// Where a tool sends its request: the server's address and the endpoint's path.
-#[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     /// Host name or IP address to connect to (an IPv6 address without its brackets).
     host: String,
@@ -31,25 +54,27 @@ pub(crate) struct Endpoint {
     path: String,
     /// The URL's own query, if any, kept in front of what the tool adds.
     query: Option<String>,
+    /// For `https://`: the TLS client and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 impl Endpoint {
-    /// The endpoint `name` (`publish`, `events`) of the server at `url`.
+    /// The endpoint `name` (`publish`, `events`) of the server at `url`; `ca_cert` is `--ca-cert`.
     ///
     /// # Errors
-    /// A message for the user when `url` is not an `http://` URL.
-    pub(crate) fn parse(url: &str, name: &str) -> Result<Endpoint, String> {
+    /// A message for the user when `url` is not an `http://` or `https://` URL, or `ca_cert` cannot be used.
+    pub(crate) fn parse(url: &str, name: &str, ca_cert: Option<&Path>) -> Result<Endpoint, String> {
         let uri: Uri = url.trim().parse().map_err(|e| format!("--url {url:?} is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "--url {url:?}: https:// is not supported yet by the tools; use http:// (for example to a \
-                     local port of the server, or through a TLS-terminating proxy's plain-HTTP side)"
-                ))
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => {
+                return Err(format!("--url {url:?}: the scheme must be http:// or https://, not {other}://"))
             }
-            Some(other) => return Err(format!("--url {url:?}: the scheme must be http://, not {other}://")),
             None => return Err(format!("--url {url:?} must be an absolute URL such as http://127.0.0.1:8080")),
+        };
+        if ca_cert.is_some() && !https {
+            return Err("--ca-cert applies to an https:// --url only".into());
         }
         let authority = uri.authority().ok_or_else(|| format!("--url {url:?} has no host"))?;
         if authority.as_str().contains('@') {
@@ -67,12 +92,19 @@ impl Endpoint {
             }
             path.push_str(&suffix);
         }
+        let tls = if https {
+            let name = ServerName::try_from(host.clone()).map_err(|e| format!("--url {url:?}: {e}"))?;
+            Some((tls_connector(ca_cert)?, name))
+        } else {
+            None
+        };
         Ok(Endpoint {
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
             host,
-            port: authority.port_u16().unwrap_or(80),
             authority: authority.as_str().to_owned(),
             path,
             query: uri.query().filter(|q| !q.is_empty()).map(str::to_owned),
+            tls,
         })
     }
 
@@ -86,9 +118,10 @@ impl Endpoint {
         }
     }
 
-    /// `http://authority/path`, for messages.
+    /// `http://authority/path` (or `https://`), for messages.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}{}", self.authority, self.path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority, self.path)
     }
 
     /// A request builder for `method` on `target`, with the `Host` header and, when given, the token as
@@ -108,21 +141,72 @@ impl Endpoint {
     /// Connects and sends `request`; the response's body streams from the connection as it is read.
     ///
     /// # Errors
-    /// A message naming what failed: connecting, or the exchange.
-    pub(crate) async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
+    /// What failed: connecting, TLS, or the exchange.
+    pub(crate) async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, SendError> {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+            .map_err(|e| SendError::transient(format!("cannot connect to {}: {e}", self.authority)))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        match &self.tls {
+            None => self.exchange(TokioIo::new(stream), request).await,
+            Some((connector, name)) => {
+                let stream = connector.connect(name.clone(), stream).await.map_err(|e| {
+                    let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                    SendError {
+                        message: format!("TLS with {}: {e}", self.authority),
+                        permanent: matches!(rustls_error, Some(rustls::Error::InvalidCertificate(_))),
+                    }
+                })?;
+                self.exchange(TokioIo::new(stream), request).await
+            }
+        }
+    }
+
+    async fn exchange<T>(&self, io: T, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, SendError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| format!("{}: {e}", self.authority))?;
+            .map_err(|e| SendError::transient(format!("{}: {e}", self.authority)))?;
         // The connection task reads the response, body included; it ends when both halves are dropped.
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        sender.send_request(request).await.map_err(|e| format!("{}: {e}", self.url()))
+        sender.send_request(request).await.map_err(|e| SendError::transient(format!("{}: {e}", self.url())))
     }
+}
+
+/// The TLS client: trusting `ca_cert` alone when given, else the system's root certificates.
+fn tls_connector(ca_cert: Option<&Path>) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            let shown = path.display();
+            let pem = std::fs::read(path).map_err(|e| format!("--ca-cert {shown}: cannot read: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("--ca-cert {shown}: {e}"))?;
+                roots.add(cert).map_err(|e| format!("--ca-cert {shown}: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("--ca-cert {shown}: no PEM certificate (BEGIN CERTIFICATE) in it"));
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if roots.is_empty() {
+                return Err("https://: no root certificates found on this system; give --ca-cert FILE".into());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// What a refused request says: `STATUS CODE: MESSAGE` from Herald's JSON error, else the status and the
@@ -157,7 +241,7 @@ mod tests {
     use super::*;
 
     fn target(url: &str, name: &str) -> String {
-        let e = Endpoint::parse(url, name).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let e = Endpoint::parse(url, name, None).unwrap_or_else(|e| panic!("{url}: {e}"));
         format!("{}:{} {}", e.host, e.port, e.target(Some("x=1")))
     }
 
@@ -169,21 +253,38 @@ mod tests {
         assert_eq!(target("http://h/herald/", "events"), "h:80 /herald/events?x=1");
         assert_eq!(target("http://h/herald/events?k=v", "events"), "h:80 /herald/events?k=v&x=1");
         assert_eq!(target("http://[::1]:9/", "events"), "::1:9 /events?x=1");
-        assert_eq!(Endpoint::parse("http://h:1", "events").map(|e| e.target(None)), Ok("/events".into()));
+        assert_eq!(Endpoint::parse("http://h:1", "events", None).map(|e| e.target(None)), Ok("/events".into()));
+    }
+
+    #[test]
+    fn https_urls() {
+        let e = Endpoint::parse("https://example.com/herald", "events", None);
+        // Without system roots (a bare container) the URL is refused with a way out.
+        match e {
+            Ok(e) => assert_eq!((e.url(), e.port), ("https://example.com/herald/events".into(), 443)),
+            Err(e) => assert!(e.contains("--ca-cert"), "{e}"),
+        }
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/redis-tls/ca.pem");
+        let e = Endpoint::parse("https://127.0.0.1:9/", "publish", Some(Path::new(ca))).expect("with the test CA");
+        assert_eq!((e.url(), e.port), ("https://127.0.0.1:9/publish".into(), 9));
+        let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let e = Endpoint::parse("https://h/", "events", Some(Path::new(not_pem))).err().expect("refused");
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = Endpoint::parse("http://h/", "events", Some(Path::new(ca))).err().expect("refused");
+        assert!(e.contains("https://"), "{e}");
     }
 
     #[test]
     fn other_urls_are_refused_clearly() {
         for (url, says) in [
-            ("https://h/", "https:// is not supported"),
             ("ftp://h/", "http://"),
             ("127.0.0.1:8080", "http://"),
             ("/events", "absolute URL"),
             ("http://u:p@h/", "--token"),
             ("http://h h/", "not a URL"),
         ] {
-            match Endpoint::parse(url, "events") {
-                Ok(e) => panic!("{url} accepted: {e:?}"),
+            match Endpoint::parse(url, "events", None) {
+                Ok(e) => panic!("{url} accepted: {}", e.url()),
                 Err(e) => assert!(e.contains(says), "{url}: {e}"),
             }
         }

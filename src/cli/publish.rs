@@ -23,9 +23,13 @@ const ANSWER_MAX: usize = 64 * 1024;
 /// `herald publish`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
-    /// The server's base URL (or its /publish URL).
+    /// The server's base URL (or its /publish URL): http:// or https://.
     #[arg(long, value_name = "URL", env = "HERALD_URL", default_value = super::DEFAULT_URL)]
     pub url: String,
+
+    /// For https://: trust this PEM certificate authority instead of the system's root certificates.
+    #[arg(long, value_name = "FILE", env = "HERALD_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 
     /// The token to publish with (its `publish` patterns must cover every topic), sent as
     /// `Authorization: Bearer`.
@@ -47,7 +51,7 @@ pub struct PublishArgs {
 
 /// Publishes and prints the id on stdout.
 pub(crate) async fn run(args: PublishArgs) -> Result<(), Failure> {
-    let endpoint = Endpoint::parse(&args.url, "publish").map_err(Failure::usage)?;
+    let endpoint = Endpoint::parse(&args.url, "publish", args.ca_cert.as_deref()).map_err(Failure::usage)?;
     let data = if args.data == "-" { read_stdin()? } else { args.data.clone() };
     let topics: Vec<&str> = args.topics.split(',').collect();
     let mut body = serde_json::json!({ "topics": topics });
@@ -61,7 +65,7 @@ pub(crate) async fn run(args: PublishArgs) -> Result<(), Failure> {
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| Failure::usage(format!("cannot make the request: {e}")))?;
     let answer = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-        let response = endpoint.send(request).await?;
+        let response = endpoint.send(request).await.map_err(|e| e.message)?;
         if response.status() != StatusCode::OK {
             return Err(error_message(response).await);
         }

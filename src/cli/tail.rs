@@ -17,7 +17,8 @@
 //! when given) and `5xx` are retried, from the server's `retry:` time, doubling after each attempt (±25 %
 //! jitter, capped at 30 s), back to the start once a stream has stayed open for 30 s; every attempt sends the
 //! last id seen as `Last-Event-ID`, so nothing is missed or repeated. Any other refusal (`400`, `401`, `403`,
-//! `404`…) is final: the server's error is printed and the exit status is 1. `--max-retries N` also gives up
+//! `404`…), and a server certificate that is not trusted, is final: the error is printed and the exit status
+//! is 1. `--max-retries N` also gives up
 //! after N failed attempts in a row (attempts that opened no stream); by default there is no limit. A stream
 //! on which nothing arrives, not even a heartbeat, for `--idle-timeout` seconds is taken for dead and
 //! reopened.
@@ -50,9 +51,13 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// `herald tail`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct TailArgs {
-    /// The server's base URL (or its /events URL).
+    /// The server's base URL (or its /events URL): http:// or https://.
     #[arg(long, value_name = "URL", env = "HERALD_URL", default_value = super::DEFAULT_URL)]
     pub url: String,
+
+    /// For https://: trust this PEM certificate authority instead of the system's root certificates.
+    #[arg(long, value_name = "FILE", env = "HERALD_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 
     /// The token to subscribe with, sent as `Authorization: Bearer` (not needed for public topics or
     /// a server in open mode).
@@ -119,7 +124,7 @@ enum Ended {
 
 /// Follows the stream until interrupted, or until a final refusal.
 pub(crate) async fn run(args: TailArgs) -> Result<(), Failure> {
-    let endpoint = Endpoint::parse(&args.url, "events").map_err(Failure::usage)?;
+    let endpoint = Endpoint::parse(&args.url, "events", args.ca_cert.as_deref()).map_err(Failure::usage)?;
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(args.topics.iter().map(|t| ("topics", t)))
         .finish();
@@ -190,7 +195,8 @@ async fn open(endpoint: &Endpoint, query: &str, token: Option<&str>, last_id: &s
         Err(_) => {
             return Err(Refused::Retry(format!("no answer from {} within {OPEN_TIMEOUT:?}", endpoint.url()), None))
         }
-        Ok(Err(message)) => return Err(Refused::Retry(message, None)),
+        Ok(Err(e)) if e.permanent => return Err(Refused::Final(e.message)),
+        Ok(Err(e)) => return Err(Refused::Retry(e.message, None)),
         Ok(Ok(response)) => response,
     };
     let status = response.status();
