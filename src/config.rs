@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 pub struct Config {
-    /// What to do (only `serve`, the default).
+    /// What to do: `serve` (the default), or one of the command-line tools.
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -116,6 +116,10 @@ pub struct Config {
 pub enum Command {
     /// Serve (the default).
     Serve,
+    /// The command-line tools (`token`, `publish`, `tail`). `main` parses their command lines with
+    /// [`crate::cli::Tools`], which has their flags only; they are here so that `herald --help` lists them.
+    #[command(flatten)]
+    Tool(crate::cli::Tool),
 }
 
 /// How logs are written.

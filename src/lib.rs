@@ -6,6 +6,7 @@
 //!
 //! ## Layout
 //! - [`config`]: the command line and environment.
+//! - [`cli`]: the command-line tools `herald token`, `herald publish`, `herald tail`.
 //! - [`server`]: accept loop, per-connection HTTP/1, graceful shutdown.
 //! - [`http`]: the tower service: routing, `/events`, `/publish`, operations, static files.
 //! - [`error`]: the one error type and its one mapping to HTTP.
@@ -24,6 +25,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -1,10 +1,11 @@
-//! The `herald` binary: parse the configuration, set up logging, bind, serve until SIGTERM or SIGINT.
+//! The `herald` binary: parse the configuration, set up logging, bind, serve until SIGTERM or SIGINT; or run
+//! one of the command-line tools (`herald token|publish|tail`, in [`herald::cli`]).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald::config::{Config, LogFormat};
+use herald::config::{Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
@@ -40,7 +41,14 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 fn main() -> ExitCode {
+    // A tool's command line is read without the serve flags, so that its `--help` shows its own flags only.
+    if let Some(tool) = herald::cli::from_args(std::env::args_os()) {
+        return herald::cli::run(tool);
+    }
     let config = Config::parse();
+    if let Some(Command::Tool(tool)) = config.command {
+        return herald::cli::run(tool);
+    }
     init_tracing(config.log_format);
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
