@@ -171,12 +171,17 @@ pub struct EventStream {
     batch: Vec<Arc<Event>>,
     /// Whether chunks carry their HTTP/1.1 chunk framing (the event-stream front writes them as they are).
     chunked: bool,
+    /// Whether events carry a `topics:` line (`tagTopics=1`).
+    tagged: bool,
     _permit: StreamPermit,
 }
 
 impl EventStream {
     /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order)
     /// follows, then live events newer than both `last_sent` and the replay.
+    ///
+    /// `last_sent` is the position the client already has (its valid last event id), or `ZERO` when it
+    /// has none (a lagging stream that has sent no id catches up from where its subscription went live).
     pub fn new(
         settings: Arc<StreamSettings>,
         registration: Registration,
@@ -198,6 +203,7 @@ impl EventStream {
             ends_at: None,
             batch: Vec::new(),
             chunked: false,
+            tagged: false,
             _permit: permit,
         }
     }
@@ -206,6 +212,12 @@ impl EventStream {
     /// writer that frames nothing itself.
     pub fn use_chunked_framing(&mut self) {
         self.chunked = true;
+    }
+
+    /// Gives every event a `topics:` line naming the event's topics that this stream subscribed to
+    /// (`tagTopics=1`), from the event's shared tagged frames ([`Event::tagged`]).
+    pub fn tag_topics(&mut self) {
+        self.tagged = true;
     }
 
     /// Ends the stream cleanly at `at` (when the token it was opened with expires), so that the client
@@ -338,23 +350,56 @@ impl EventStream {
                 keep
             })
         };
-        let chunk = match (count, self.chunked) {
-            (0, _) => None,
-            (1, true) => fresh.next().map(|e| e.chunk.wire().clone()),
-            (1, false) => fresh.next().map(|e| e.chunk.payload()),
-            (_, true) => Some(
-                sse::chunk_with(bytes, |buf| fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice())))
-                    .wire()
-                    .clone(),
-            ),
-            (_, false) => {
-                let mut buf = BytesMut::with_capacity(bytes);
-                fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice()));
-                Some(buf.freeze())
+        let chunk = if self.tagged {
+            Self::encode_tagged(fresh, count, bytes, self.registration.topics(), self.chunked)
+        } else {
+            match (count, self.chunked) {
+                (0, _) => None,
+                (1, true) => fresh.next().map(|e| e.chunk.wire().clone()),
+                (1, false) => fresh.next().map(|e| e.chunk.payload()),
+                (_, true) => Some(
+                    sse::chunk_with(bytes, |buf| fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice())))
+                        .wire()
+                        .clone(),
+                ),
+                (_, false) => {
+                    let mut buf = BytesMut::with_capacity(bytes);
+                    fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice()));
+                    Some(buf.freeze())
+                }
             }
         };
         self.batch.drain(..consumed);
         Some(self.written(chunk?, count as u64))
+    }
+
+    /// [`EventStream::encode_batch`] for a tagged stream: each event's tagged frame for this stream's
+    /// topics, shared with every stream that picks the same topics of it; several are copied into one
+    /// write. `bytes` (the untagged size) only sizes the buffer.
+    fn encode_tagged<'a>(
+        mut fresh: impl Iterator<Item = &'a Arc<Event>>,
+        count: usize,
+        bytes: usize,
+        topics: &[crate::topic::Topic],
+        chunked: bool,
+    ) -> Option<Bytes> {
+        match (count, chunked) {
+            (0, _) => None,
+            (1, true) => fresh.next().map(|e| e.tagged(topics).wire().clone()),
+            (1, false) => fresh.next().map(|e| e.tagged(topics).payload()),
+            (_, true) => Some(
+                sse::chunk_with(bytes, |buf| {
+                    fresh.for_each(|e| buf.extend_from_slice(e.tagged(topics).payload_slice()));
+                })
+                .wire()
+                .clone(),
+            ),
+            (_, false) => {
+                let mut buf = BytesMut::with_capacity(bytes);
+                fresh.for_each(|e| buf.extend_from_slice(e.tagged(topics).payload_slice()));
+                Some(buf.freeze())
+            }
+        }
     }
 
     fn written(&mut self, chunk: Bytes, events: u64) -> Bytes {
@@ -395,7 +440,109 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{HistoryLimits, MemoryBackend};
+    use crate::backend::{HistoryLimits, MemoryBackend, NewEvent};
+    use crate::topic::Topic;
+
+    struct Node {
+        backend: Arc<MemoryBackend>,
+        settings: Arc<StreamSettings>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn node(history: usize, queue: usize) -> Node {
+        let metrics = Arc::new(Metrics::default());
+        let backend = Arc::new(MemoryBackend::new(HistoryLimits { size: history, ttl: None }, queue, metrics.clone()));
+        let settings = Arc::new(StreamSettings {
+            backend: backend.clone(),
+            metrics: metrics.clone(),
+            heartbeat: Duration::from_secs(15),
+            send_timeout: Duration::from_secs(60),
+        });
+        Node { backend, settings, metrics }
+    }
+
+    fn names(topics: &[&str]) -> Vec<Topic> {
+        topics.iter().map(|t| Topic::from(*t)).collect()
+    }
+
+    impl Node {
+        /// A stream opened without a last event id, as `GET /events` makes it.
+        async fn open(&self, topics: &[&str], tagged: bool) -> EventStream {
+            let registration = self.backend.subscribe(&names(topics)).await.expect("subscribe");
+            let permit = StreamPermit::acquire(&self.metrics, 100).expect("permit");
+            let head = sse::preamble(1000);
+            let mut stream =
+                EventStream::new(self.settings.clone(), registration, permit, head, Vec::new(), EventId::ZERO);
+            if tagged {
+                stream.tag_topics();
+            }
+            stream
+        }
+
+        async fn publish(&self, topics: &[&str], data: &str) -> EventId {
+            let event = NewEvent { topics: names(topics), kind: None, data: data.into() };
+            self.backend.publish(event).await.expect("publish")
+        }
+    }
+
+    /// Everything the stream has to write now, and whether it ended.
+    fn ready_chunks(stream: &mut EventStream) -> (Vec<Bytes>, bool) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut chunks = Vec::new();
+        loop {
+            match stream.poll_next_chunk(&mut cx) {
+                Poll::Ready(Some(chunk)) => chunks.push(chunk),
+                Poll::Ready(None) => return (chunks, true),
+                Poll::Pending => return (chunks, false),
+            }
+        }
+    }
+
+    fn text(chunks: &[Bytes]) -> String {
+        chunks.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect()
+    }
+
+    /// Encode once, also for tagged streams: streams that pick the same topics of an event write the
+    /// same bytes; others get their own encoding; untagged streams are untouched.
+    #[tokio::test]
+    async fn tagged_streams_with_the_same_topics_share_one_encoding() {
+        let node = node(10, 16);
+        let mut ab = node.open(&["a", "b"], true).await;
+        let mut bax = node.open(&["b", "a", "x"], true).await;
+        let mut c = node.open(&["c"], true).await;
+        let mut plain = node.open(&["a"], false).await;
+        for stream in [&mut ab, &mut bax, &mut c, &mut plain] {
+            let (head, ended) = ready_chunks(stream);
+            assert_eq!((text(&head).as_str(), ended), ("retry: 1000\n: herald\n\n", false));
+        }
+        let id = node.publish(&["a", "c"], "hi").await;
+        let one = |stream: &mut EventStream| {
+            let (mut chunks, _) = ready_chunks(stream);
+            assert_eq!(chunks.len(), 1);
+            chunks.remove(0)
+        };
+        let (ab, bax, c, plain) = (one(&mut ab), one(&mut bax), one(&mut c), one(&mut plain));
+        assert_eq!(&ab[..], format!("id: {id}\ntopics: a\ndata: hi\n\n").as_bytes());
+        assert_eq!(ab.as_ptr(), bax.as_ptr(), "the same subset {{a}}: one shared encoding");
+        assert_eq!(&c[..], format!("id: {id}\ntopics: c\ndata: hi\n\n").as_bytes());
+        assert_ne!(c.as_ptr(), ab.as_ptr());
+        assert_eq!(&plain[..], format!("id: {id}\ndata: hi\n\n").as_bytes());
+    }
+
+    /// Several waiting events still go out in one write on a tagged stream.
+    #[tokio::test]
+    async fn tagged_streams_batch() {
+        let node = node(10, 16);
+        let mut stream = node.open(&["a", "b"], true).await;
+        stream.use_chunked_framing();
+        ready_chunks(&mut stream);
+        let first = node.publish(&["b", "a"], "1").await;
+        let second = node.publish(&["a", "z"], "2").await;
+        let (chunks, _) = ready_chunks(&mut stream);
+        assert_eq!(chunks.len(), 1, "one write for both");
+        let payload = format!("id: {first}\ntopics: b,a\ndata: 1\n\nid: {second}\ntopics: a\ndata: 2\n\n");
+        assert_eq!(text(&chunks), format!("{:x}\r\n{payload}\r\n", payload.len()));
+    }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
     #[test]
