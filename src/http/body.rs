@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{Backend, Replay};
+use crate::backend::{Backend, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Drained, Registration};
 use crate::id::{EventId, LastEventId};
@@ -249,16 +249,24 @@ impl EventStream {
         Metrics::inc(&self.settings.metrics.stalled_dropped);
     }
 
+    /// The next bytes to write.
+    ///
+    /// A connection whose mailbox overflowed catches up from history: from the last id it sent, or, when it
+    /// has sent none, from where its subscription went live ([`Registration::live_from`]), so that a burst
+    /// that arrives before the first event is written is replayed rather than lost. When history cannot
+    /// cover the gap, a stream that has sent an id is closed (the client resumes with that id and is told
+    /// what it lost, with `herald.reset`); one that has sent none has no id to resume with, so it is told in
+    /// the stream (`herald.reset`), then gets what history still holds, then goes on live. Never a silent gap.
     fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(head) = self.head.take() {
-            let head = if self.chunked {
-                sse::chunk_with(head.len(), |b| b.extend_from_slice(&head)).wire().clone()
-            } else {
-                head
-            };
-            return Poll::Ready(Some(self.written(head, 0)));
-        }
         loop {
+            if let Some(head) = self.head.take() {
+                let head = if self.chunked {
+                    sse::chunk_with(head.len(), |b| b.extend_from_slice(&head)).wire().clone()
+                } else {
+                    head
+                };
+                return Poll::Ready(Some(self.written(head, 0)));
+            }
             if !self.batch.is_empty() {
                 if let Some(chunk) = self.encode_batch() {
                     return Poll::Ready(Some(chunk));
@@ -279,17 +287,35 @@ impl EventStream {
                 }
                 Phase::CatchUp(future) => {
                     let result = ready!(future.as_mut().poll(cx));
+                    let metrics = &self.settings.metrics;
+                    let never_sent = self.last_sent == EventId::ZERO;
                     match result {
                         Ok(Replay { mut events, reset: None }) => {
-                            Metrics::inc(&self.settings.metrics.lagging_caught_up);
+                            Metrics::inc(&metrics.lagging_caught_up);
                             events.reverse();
                             self.phase = Phase::Replay(events);
                         }
-                        Ok(Replay { reset: Some(_), .. }) | Err(_) => {
+                        Ok(Replay { reset: Some(_), .. }) | Err(_) if !never_sent => {
                             // History cannot cover this connection: close it; the client resumes with its
                             // last id and is told what it lost.
-                            Metrics::inc(&self.settings.metrics.lagging_dropped);
+                            Metrics::inc(&metrics.lagging_dropped);
                             self.phase = Phase::Done;
+                        }
+                        Ok(Replay { mut events, reset: Some(reset) }) => {
+                            Metrics::inc(&metrics.lagging_caught_up);
+                            Metrics::inc(&metrics.resets);
+                            self.head = Some(sse::reset_event(&reset.topics, reset.reason));
+                            events.reverse();
+                            self.phase = Phase::Replay(events);
+                        }
+                        Err(e) => {
+                            // Nothing to replay from: say so, and go on live.
+                            tracing::debug!(cause = %e, "catching up a lagging stream failed");
+                            Metrics::inc(&metrics.lagging_caught_up);
+                            Metrics::inc(&metrics.resets);
+                            let reset = Reset { topics: self.registration.topics().to_vec(), reason: "history_lost" };
+                            self.head = Some(sse::reset_event(&reset.topics, reset.reason));
+                            self.phase = Phase::Live;
                         }
                     }
                 }
@@ -309,7 +335,8 @@ impl EventStream {
                             mailbox.clear_lag();
                             let backend = self.settings.backend.clone();
                             let topics = self.registration.topics().to_vec();
-                            let last = LastEventId::Id(self.last_sent);
+                            let from = self.last_sent.max(self.registration.live_from().unwrap_or(EventId::ZERO));
+                            let last = LastEventId::Id(from);
                             self.phase = Phase::CatchUp(Box::pin(async move { backend.replay(&topics, last).await }));
                         }
                         Poll::Ready(Drained::Closed) => {
@@ -542,6 +569,63 @@ mod tests {
         assert_eq!(chunks.len(), 1, "one write for both");
         let payload = format!("id: {first}\ntopics: b,a\ndata: 1\n\nid: {second}\ntopics: a\ndata: 2\n\n");
         assert_eq!(text(&chunks), format!("{:x}\r\n{payload}\r\n", payload.len()));
+    }
+
+    /// Issue 7, defect 2: a stream opened without a last event id whose mailbox overflows before it has
+    /// written an event caught up from 0-0, was judged `history_lost` and closed; its client had no id to
+    /// resume with, so the burst was lost without a `herald.reset`. It now catches up from where it went
+    /// live.
+    #[tokio::test]
+    async fn lag_before_the_first_event_catches_up_from_where_the_stream_went_live() {
+        for published_before in [false, true] {
+            let node = node(100, 4);
+            if published_before {
+                node.publish(&["other"], "x").await;
+            }
+            let mut stream = node.open(&["a"], false).await;
+            ready_chunks(&mut stream);
+            let mut burst = Vec::new();
+            for i in 0..10 {
+                burst.push(node.publish(&["a"], &i.to_string()).await);
+            }
+            let (chunks, ended) = ready_chunks(&mut stream);
+            assert!(!ended, "closed instead of caught up (published before: {published_before})");
+            let expected: String = burst.iter().enumerate().map(|(i, id)| format!("id: {id}\ndata: {i}\n\n")).collect();
+            assert_eq!(text(&chunks), expected);
+            assert_eq!(node.metrics.lagging_caught_up.load(Relaxed), 1);
+            assert_eq!(node.metrics.resets.load(Relaxed), 0);
+            // And on live.
+            let after = node.publish(&["a"], "live").await;
+            assert_eq!(text(&ready_chunks(&mut stream).0), format!("id: {after}\ndata: live\n\n"));
+        }
+    }
+
+    /// When history cannot cover a stream that has sent no id, it is told in the stream and goes on; one
+    /// that has sent an id is closed (its client resumes with that id and is told then).
+    #[tokio::test]
+    async fn lag_past_history_resets_in_the_stream_until_an_id_was_sent() {
+        let node = node(3, 4);
+        let mut fresh = node.open(&["a"], true).await;
+        let mut sent = node.open(&["a"], false).await;
+        ready_chunks(&mut fresh);
+        ready_chunks(&mut sent);
+        let first = node.publish(&["a"], "first").await;
+        assert!(text(&ready_chunks(&mut sent).0).contains(&first.to_string()));
+        let mut burst = Vec::new();
+        for i in 0..10 {
+            burst.push(node.publish(&["a"], if i < 5 { "old" } else { "new" }).await);
+        }
+        let (chunks, ended) = ready_chunks(&mut fresh);
+        assert!(!ended);
+        let kept: String = burst[7..].iter().map(|id| format!("id: {id}\ntopics: a\ndata: new\n\n")).collect();
+        let reset = "event: herald.reset\ndata: {\"topics\":[\"a\"],\"reason\":\"trimmed\"}\n\n";
+        assert_eq!(text(&chunks), format!("{reset}{kept}"), "a reset (no topics line), what is left, then live");
+        let (chunks, ended) = ready_chunks(&mut sent);
+        assert!(chunks.is_empty() && ended, "a stream with an id is closed");
+        assert_eq!(node.metrics.lagging_dropped.load(Relaxed), 1);
+        assert_eq!(node.metrics.resets.load(Relaxed), 1);
+        let after = node.publish(&["a"], "live").await;
+        assert!(text(&ready_chunks(&mut fresh).0).contains(&after.to_string()));
     }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
