@@ -35,6 +35,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// An event stream.
     Stream(Box<EventStream>),
+    /// A static file, read as it is sent.
+    File(Box<super::static_files::FileBody>),
 }
 
 impl ResponseBody {
@@ -58,11 +60,16 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Stream(stream) => stream.poll_next_chunk(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+            ResponseBody::File(file) => file.poll_chunk(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, ResponseBody::Full(None))
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Stream(_) => false,
+            ResponseBody::File(file) => file.remaining() == 0,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -70,6 +77,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Stream(_) => SizeHint::default(),
+            ResponseBody::File(file) => SizeHint::with_exact(file.remaining()),
         }
     }
 }
