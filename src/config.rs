@@ -102,6 +102,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_SEND_TIMEOUT", default_value = "60", value_parser = parse_secs, global = true)]
     pub send_timeout: Duration,
 
+    /// Folder served at `/` instead of the built-in demo page (`index.html` for `/` and directories); `''`
+    /// serves none. `/herald.js` is always served: from the folder if it has one, else built in.
+    #[arg(long, env = "HERALD_STATIC_DIR", global = true)]
+    pub static_dir: Option<String>,
+
     /// Seconds given to open streams and in-flight publishes at shutdown.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_secs, global = true)]
     pub shutdown_grace: Duration,
@@ -199,6 +204,7 @@ impl Config {
         if self.max_connections == Some(0) {
             return Err(ConfigError::Invalid("--max-connections must be positive".into()));
         }
+        self.static_site()?;
         Ok(())
     }
 
@@ -217,6 +223,17 @@ impl Config {
             )));
         }
         Ok(Some(pem))
+    }
+
+    /// What `--static-dir` asks to serve, its folder checked.
+    ///
+    /// # Errors
+    /// The folder does not exist or is not a directory.
+    pub fn static_site(&self) -> Result<crate::http::StaticSite, ConfigError> {
+        crate::http::StaticSite::from_dir(self.static_dir.as_deref()).map_err(|e| {
+            let dir = self.static_dir.as_deref().unwrap_or_default();
+            ConfigError::Invalid(format!("--static-dir {dir:?}: {e} (give a folder, or '' to serve none)"))
+        })
     }
 
     /// Whether authentication is on: a key is configured.

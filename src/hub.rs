@@ -19,6 +19,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Error;
+use crate::id::EventId;
 use crate::metrics::{HubGauges, Metrics};
 use crate::sse::Event;
 use crate::topic::Topic;
@@ -88,7 +89,8 @@ impl Hub {
         }
         state.subscriptions += topics.len();
         drop(state);
-        let registration = Registration { hub: self.clone(), id, topics: topics.into(), mailbox };
+        let registration =
+            Registration { hub: self.clone(), id, topics: topics.into(), mailbox, live_from: EventId::ZERO };
         Ok((registration, newly_active))
     }
 
@@ -173,9 +175,28 @@ pub struct Registration {
     id: u64,
     topics: Box<[Topic]>,
     mailbox: Arc<Mailbox>,
+    /// See [`Registration::live_from`]; `ZERO` for none (no issued id is `ZERO`), which keeps the
+    /// registration, part of every stream's long-lived state, 8 bytes smaller than an `Option`.
+    live_from: EventId,
 }
 
 impl Registration {
+    /// The position at which this subscription went live, as the backend learned it when subscribing:
+    /// every event with a greater id reaches the mailbox (events up to it may or may not). `None` when the
+    /// backend knows no position yet (a Redis deployment where nothing was ever published).
+    ///
+    /// Resuming from it misses nothing, and it is a position the backend's history judges valid, so a
+    /// client that never got an event id can still catch up (or resume) without a spurious reset.
+    pub fn live_from(&self) -> Option<EventId> {
+        (self.live_from != EventId::ZERO).then_some(self.live_from)
+    }
+
+    /// Records the position at which the subscription went live (see [`Registration::live_from`]); for
+    /// backends, once the subscription is live.
+    pub fn set_live_from(&mut self, position: Option<EventId>) {
+        self.live_from = position.unwrap_or(EventId::ZERO);
+    }
+
     /// This connection's number in the hub, unique while it is registered.
     pub fn id(&self) -> u64 {
         self.id
@@ -316,7 +337,6 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::EventId;
     use std::task::Waker;
 
     fn event(n: u64, topics: &[&str]) -> Arc<Event> {

@@ -8,8 +8,19 @@
 //! frame, a cheap slice of the same bytes, for hyper and HTTP/1.0 clients.
 //!
 //! Data is split on CR, LF and CRLF into one `data:` line per line, so nothing a publisher sends can end
-//! an event early or forge an `id:`, `event:` or `retry:` field; a spec-compliant parser sees exactly the
-//! published data with line ends normalised to LF.
+//! an event early or forge an `id:`, `event:`, `retry:` or `topics:` field; a spec-compliant parser sees
+//! exactly the published data with line ends normalised to LF.
+//!
+//! ## Tagged streams
+//!
+//! A stream opened with `tagTopics=1` gets each event with one more line, `topics: a,b` (after `event:`,
+//! before `data:`), naming the event's topics that the stream subscribed to, in the order of the event's
+//! own topic list. Those frames are encoded once per distinct set of tagged topics and shared the same way:
+//! [`Event::tagged`] builds one lazily the first time a stream asks for that set and caches it with the
+//! event, so every other stream asking for the same set gets the same [`Bytes`]. An event that no tagged
+//! stream reads costs one empty cell (16 bytes) for this.
+
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -85,13 +96,116 @@ pub struct Event {
     pub topics: Box<[Topic]>,
     /// The complete SSE frame, ending with the blank line, framed as an HTTP/1.1 chunk.
     pub chunk: Chunk,
+    /// Frames with a `topics:` line, made on first use by a tagged stream (see "Tagged streams" above).
+    tagged: OnceLock<Box<TaggedFrames>>,
+}
+
+/// The tagged frames of one event, one per distinct set of tagged topics asked for so far.
+#[derive(Debug, Default)]
+struct TaggedFrames {
+    /// Tagged with all of the event's topics: what every stream gets for a single-topic event, and any
+    /// stream subscribed to all of the event's topics. Lock-free once made.
+    all: OnceLock<Chunk>,
+    /// Tagged with a proper subset of the event's topics; few per event (at most one per distinct
+    /// subscription among the streams that read it), so a list.
+    some: Mutex<Vec<(TopicSubset, Chunk)>>,
+}
+
+/// Which of an event's topics a stream subscribed to, as bits over the indices of `Event::topics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TopicSubset {
+    /// Events with at most 64 topics (the default `--max-topics`): one word, no allocation.
+    Small(u64),
+    /// Events with more topics.
+    Large(Box<[u64]>),
+}
+
+impl TopicSubset {
+    /// The subset of `topics` that `subscribed` contains, and whether that is all of them.
+    fn of(topics: &[Topic], subscribed: &[Topic]) -> (TopicSubset, bool) {
+        let wanted = |t: &Topic| subscribed.iter().any(|s| std::sync::Arc::ptr_eq(s, t) || s == t);
+        if topics.len() <= 64 {
+            let mut bits = 0u64;
+            for (i, topic) in topics.iter().enumerate() {
+                if wanted(topic) {
+                    bits |= 1 << i;
+                }
+            }
+            let all = bits.count_ones() as usize == topics.len();
+            return (TopicSubset::Small(bits), all);
+        }
+        let mut words = vec![0u64; topics.len().div_ceil(64)].into_boxed_slice();
+        let mut count = 0;
+        for (i, topic) in topics.iter().enumerate() {
+            if wanted(topic) {
+                words[i / 64] |= 1 << (i % 64);
+                count += 1;
+            }
+        }
+        (TopicSubset::Large(words), count == topics.len())
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            TopicSubset::Small(bits) => i < 64 && bits & (1 << i) != 0,
+            TopicSubset::Large(words) => words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0),
+        }
+    }
 }
 
 impl Event {
     /// Encodes an event.
     pub fn new(id: EventId, topics: Box<[Topic]>, kind: Option<&str>, data: &str) -> Self {
         let chunk = encode_chunk(Some(&id.to_string()), kind, data);
-        Event { id, topics, chunk }
+        Event { id, topics, chunk, tagged: OnceLock::new() }
+    }
+
+    /// The event's frame for a tagged stream subscribed to `subscribed`: with a `topics:` line naming the
+    /// event's topics that `subscribed` contains, in the order of [`Event::topics`]. Made once per distinct
+    /// set and shared: two streams whose subscriptions pick the same topics of this event get the same
+    /// bytes.
+    pub fn tagged(&self, subscribed: &[Topic]) -> Chunk {
+        let frames = self.tagged.get_or_init(Box::default);
+        // Single-topic events reach a stream only through that topic: always "all", no search needed.
+        if self.topics.len() == 1 {
+            return frames.all.get_or_init(|| self.encode_tagged(|_| true)).clone();
+        }
+        let (subset, all) = TopicSubset::of(&self.topics, subscribed);
+        if all {
+            return frames.all.get_or_init(|| self.encode_tagged(|_| true)).clone();
+        }
+        let mut some = frames.some.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, chunk)) = some.iter().find(|(s, _)| *s == subset) {
+            return chunk.clone();
+        }
+        let chunk = self.encode_tagged(|i| subset.contains(i));
+        some.push((subset, chunk.clone()));
+        chunk
+    }
+
+    /// The frame with a `topics:` line naming the topics at the indices `pick` accepts, spliced in after
+    /// the `id:` and `event:` lines of the untagged frame (those never contain a line break, and every
+    /// line after them is a `data:` line).
+    fn encode_tagged(&self, pick: impl Fn(usize) -> bool) -> Chunk {
+        let payload = self.chunk.payload_slice();
+        let mut split = memchr::memchr(b'\n', payload).map_or(payload.len(), |end| end + 1);
+        if payload[split..].starts_with(b"event: ") {
+            split += memchr::memchr(b'\n', &payload[split..]).map_or(payload.len() - split, |end| end + 1);
+        }
+        let picked = || self.topics.iter().enumerate().filter(|(i, _)| pick(*i)).map(|(_, t)| t);
+        let line_len = 8 + picked().map(|t| t.len() + 1).sum::<usize>();
+        chunk_with(payload.len() + line_len, |buf| {
+            buf.put_slice(&payload[..split]);
+            buf.put_slice(b"topics: ");
+            for (n, topic) in picked().enumerate() {
+                if n > 0 {
+                    buf.put_u8(b',');
+                }
+                buf.put_slice(topic.as_bytes());
+            }
+            buf.put_u8(b'\n');
+            buf.put_slice(&payload[split..]);
+        })
     }
 }
 
@@ -161,6 +275,16 @@ pub fn preamble(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n: herald\n\n"))
 }
 
+/// The opening of a tagged stream (`tagTopics=1`): as [`preamble`], plus a comment `: live <id>` naming the
+/// position at which the subscription went live, when there is one: every event with a greater id
+/// reaches the stream, and resuming from it (`Last-Event-ID`) misses nothing and triggers no reset.
+pub fn tagged_preamble(retry_ms: u64, live_from: Option<EventId>) -> Bytes {
+    match live_from {
+        Some(id) => Bytes::from(format!("retry: {retry_ms}\n: herald\n: live {id}\n\n")),
+        None => preamble(retry_ms),
+    }
+}
+
 /// The `herald.reset` event (no `id:` line) naming the topics whose history is incomplete.
 pub fn reset_event(topics: &[Topic], reason: &str) -> Bytes {
     let data = serde_json::json!({ "topics": topics.iter().map(|t| &**t).collect::<Vec<_>>(), "reason": reason });
@@ -179,11 +303,13 @@ mod tests {
         kind: Option<String>,
         data: String,
         retry: Option<u64>,
+        /// The last `topics:` field of the event's block (a field the standard ignores; tagged streams).
+        topics: Option<String>,
     }
 
     fn parse(stream: &str) -> Vec<Parsed> {
         let mut events = Vec::new();
-        let (mut data, mut kind, mut id, mut retry) = (String::new(), String::new(), None, None);
+        let (mut data, mut kind, mut id, mut retry, mut topics) = (String::new(), String::new(), None, None, None);
         let mut lines = Vec::new();
         let mut rest = stream;
         while let Some(pos) = rest.find(['\r', '\n']) {
@@ -200,10 +326,12 @@ mod tests {
                         kind: (!kind.is_empty()).then(|| kind.clone()),
                         data: std::mem::take(&mut data),
                         retry: retry.take(),
+                        topics: topics.take(),
                     });
                 }
                 data.clear();
                 kind.clear();
+                topics = None;
                 continue;
             }
             if line.starts_with(':') {
@@ -221,6 +349,7 @@ mod tests {
                 "event" => kind = value.to_owned(),
                 "id" if !value.contains('\0') => id = Some(value.to_owned()),
                 "retry" => retry = value.parse().ok(),
+                "topics" => topics = Some(value.to_owned()),
                 _ => {}
             }
         }
@@ -298,6 +427,96 @@ mod tests {
         assert!(p.starts_with(b"retry: 1234\n:"));
         assert!(parse(std::str::from_utf8(&p).unwrap()).is_empty());
         assert!(parse(std::str::from_utf8(HEARTBEAT).unwrap()).is_empty());
+    }
+
+    fn topics(names: &[&str]) -> Box<[Topic]> {
+        names.iter().map(|t| Topic::from(*t)).collect()
+    }
+
+    fn parse_chunk(chunk: &Chunk) -> Vec<Parsed> {
+        parse(std::str::from_utf8(chunk.payload_slice()).unwrap())
+    }
+
+    #[test]
+    fn tagged_frame_names_the_subscribed_topics_in_the_event_order() {
+        let event = Event::new(EventId::new(7, 1), topics(&["a", "b", "c"]), Some("doc.updated"), "x\ny");
+        let tagged = event.tagged(&topics(&["c", "a", "z"]));
+        assert_eq!(
+            std::str::from_utf8(tagged.payload_slice()).unwrap(),
+            "id: 7-1\nevent: doc.updated\ntopics: a,c\ndata: x\ndata: y\n\n"
+        );
+        let parsed = parse_chunk(&tagged);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].topics.as_deref(), Some("a,c"));
+        assert_eq!(
+            (parsed[0].id.as_deref(), parsed[0].kind.as_deref(), &*parsed[0].data),
+            (Some("7-1"), Some("doc.updated"), "x\ny")
+        );
+        // Apart from the topics line, the same event as the untagged frame.
+        let untagged = parse_chunk(&event.chunk);
+        assert_eq!(Parsed { topics: None, ..parse_chunk(&tagged).remove(0) }, untagged[0]);
+        // Untyped: the line comes right after the id; the chunk framing stays right.
+        let plain = Event::new(EventId::new(8, 0), topics(&["a"]), None, "");
+        let tagged = plain.tagged(&topics(&["a"]));
+        assert_eq!(&tagged.wire()[..], b"1a\r\nid: 8-0\ntopics: a\ndata: \n\n\r\n");
+    }
+
+    #[test]
+    fn data_cannot_forge_a_topics_line() {
+        for data in [
+            "topics: evil",
+            "x\ntopics: evil",
+            "x\r\ntopics: evil\r\n",
+            "\rtopics: evil\n\ndata: y",
+            "\n\nid: 9\ntopics: b",
+        ] {
+            let event = Event::new(EventId::new(7, 1), topics(&["a", "b"]), Some("t"), data);
+            let parsed = parse_chunk(&event.tagged(&topics(&["a"])));
+            assert_eq!(parsed.len(), 1, "{data:?}");
+            assert_eq!(parsed[0].topics.as_deref(), Some("a"), "{data:?}");
+            assert_eq!(parsed[0].data, normalise(data), "{data:?}");
+            assert_eq!(parsed[0].id.as_deref(), Some("7-1"));
+        }
+    }
+
+    /// Encode once: every stream asking for the same topics of an event gets the same bytes.
+    #[test]
+    fn tagged_frames_are_shared_per_subset() {
+        let event = Event::new(EventId::new(1, 0), topics(&["a", "b", "c"]), None, "d");
+        let ptr = |c: Chunk| c.wire().as_ptr();
+        let a1 = event.tagged(&topics(&["a"]));
+        let a2 = event.tagged(&topics(&["x", "a", "y"]));
+        assert_eq!(ptr(a1.clone()), ptr(a2), "same subset {{a}}: one encoding");
+        let ab = event.tagged(&topics(&["b", "a"]));
+        assert_ne!(ptr(ab.clone()), ptr(a1.clone()), "{{a,b}} differs from {{a}}");
+        assert_eq!(ptr(ab), ptr(event.tagged(&topics(&["a", "b", "q"]))));
+        let all = event.tagged(&topics(&["c", "b", "a"]));
+        assert_eq!(ptr(all.clone()), ptr(event.tagged(&topics(&["a", "b", "c", "d"]))));
+        assert_eq!(parse_chunk(&all)[0].topics.as_deref(), Some("a,b,c"));
+        assert_ne!(ptr(all), ptr(a1));
+        // The untagged frame is untouched.
+        assert_eq!(&event.chunk.payload()[..], b"id: 1-0\ndata: d\n\n");
+    }
+
+    #[test]
+    fn events_with_more_than_64_topics_are_tagged_too() {
+        let names: Vec<String> = (0..70).map(|i| format!("t{i}")).collect();
+        let all: Box<[Topic]> = names.iter().map(|t| Topic::from(t.as_str())).collect();
+        let event = Event::new(EventId::new(1, 0), all.clone(), None, "d");
+        let some = topics(&["t69", "t1", "t64"]);
+        let tagged = event.tagged(&some);
+        assert_eq!(parse_chunk(&tagged)[0].topics.as_deref(), Some("t1,t64,t69"));
+        assert_eq!(tagged.wire().as_ptr(), event.tagged(&topics(&["t64", "t69", "t1"])).wire().as_ptr());
+        let everything = parse_chunk(&event.tagged(&all))[0].topics.clone().unwrap();
+        assert_eq!(everything, names.join(","));
+    }
+
+    #[test]
+    fn tagged_preamble_carries_the_live_position() {
+        assert_eq!(&tagged_preamble(3000, Some(EventId::new(17, 2)))[..], b"retry: 3000\n: herald\n: live 17-2\n\n");
+        assert_eq!(tagged_preamble(3000, None), preamble(3000));
+        assert_eq!(&preamble(3000)[..], b"retry: 3000\n: herald\n\n");
+        assert!(parse(std::str::from_utf8(&tagged_preamble(5, Some(EventId::new(1, 0)))).unwrap()).is_empty());
     }
 
     proptest! {

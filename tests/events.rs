@@ -382,6 +382,100 @@ async fn live_once_head_is_sent() {
     }
 }
 
+/// `tagTopics=1`: each event names the event's topics this stream subscribed to — never the others — in
+/// the order of the event's own topic list; untagged streams on the same topics see no such line.
+#[tokio::test]
+async fn tagged_stream_names_the_subscribed_topics_of_each_event() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let mut tagged = SseClient::open(addr, &events_path(&["a", "b"], "tagTopics=1"), &[]).await;
+    assert_sse_head(&tagged);
+    let mut plain = SseClient::subscribe(addr, &["a", "b"]).await;
+    let cases: &[(&[&str], &str)] = &[
+        (&["a", "c"], "a"),
+        (&["b", "a"], "b,a"),
+        (&["b"], "b"),
+        (&["c", "b", "x", "a"], "b,a"),
+        (&["a", "b"], "a,b"),
+    ];
+    let mut ids = Vec::new();
+    for (i, (topics, _)) in cases.iter().enumerate() {
+        ids.push(publish(addr, topics, (i == 1).then_some("doc.updated"), &format!("event {i}")).await);
+    }
+    for (i, (topics, expected)) in cases.iter().enumerate() {
+        let e = tagged.next_event(T).await;
+        assert_eq!(e.id(), ids[i], "published to {topics:?}");
+        assert_eq!(e.topics.as_deref(), Some(*expected), "published to {topics:?}");
+        assert_eq!(e.data, format!("event {i}"));
+        assert_eq!(e.event.as_deref(), (i == 1).then_some("doc.updated"));
+        let p = plain.next_event(T).await;
+        assert_eq!((p.id(), p.topics.as_deref()), (ids[i].as_str(), None), "untagged stream");
+    }
+}
+
+/// The exact bytes of a tagged stream: the opening carries the live position, and the `topics:` line
+/// sits after `event:` and before `data:`. Data cannot forge a `topics:` line.
+#[tokio::test]
+async fn tagged_stream_bytes() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let before = publish(addr, &["elsewhere"], None, "x").await;
+    let (mut conn, opening) = open_raw_stream(addr, "/events?topics=a&tagTopics=1", &[]).await;
+    assert_eq!(opening, format!("retry: 3000\n: herald\n: live {before}\n\n"));
+    let id = publish(addr, &["x", "a"], Some("t.x"), "d1\ntopics: forged\r\nd2").await;
+    let raw = read_raw_until(&mut conn, "d2\n\n").await;
+    assert_eq!(raw, format!("id: {id}\nevent: t.x\ntopics: a\ndata: d1\ndata: topics: forged\ndata: d2\n\n"));
+    let id = publish(addr, &["a"], None, "").await;
+    let raw = read_raw_until(&mut conn, "data: \n\n").await;
+    assert_eq!(raw, format!("id: {id}\ntopics: a\ndata: \n\n"));
+}
+
+/// Without `tagTopics=1` (absent, `0`, or any other value) the stream is byte for byte what it was.
+#[tokio::test]
+async fn untagged_streams_are_unchanged() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    publish(addr, &["elsewhere"], None, "x").await;
+    for extra in ["", "&tagTopics=0", "&tagTopics=true", "&tagTopics="] {
+        let (mut conn, opening) = open_raw_stream(addr, &format!("/events?topics=a,b{extra}"), &[]).await;
+        assert_eq!(opening, "retry: 3000\n: herald\n\n", "{extra:?}");
+        let id = publish(addr, &["b", "a"], Some("t.y"), "hello").await;
+        let raw = read_raw_until(&mut conn, "hello\n\n").await;
+        assert_eq!(raw, format!("id: {id}\nevent: t.y\ndata: hello\n\n"), "{extra:?}");
+    }
+}
+
+/// Replayed events are tagged too; `herald.reset` carries no `topics:` line.
+#[tokio::test]
+async fn tagged_replay_and_reset() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let first = publish(addr, &["a"], None, "0").await;
+    let published = [
+        (publish(addr, &["c", "b"], None, "1").await, "b"),
+        (publish(addr, &["z"], None, "not mine").await, ""),
+        (publish(addr, &["a", "b", "c"], None, "2").await, "a,b"),
+    ];
+    let expected: Vec<(&str, &str)> =
+        published.iter().filter(|(_, t)| !t.is_empty()).map(|(id, t)| (id.as_str(), *t)).collect();
+    let path = events_path(&["a", "b"], "tagTopics=1");
+    let mut c = SseClient::open(addr, &path, &[("Last-Event-ID", &first)]).await;
+    for (id, topics) in &expected {
+        let e = c.next_event(T).await;
+        assert_eq!((e.id(), e.topics.as_deref()), (*id, Some(*topics)));
+    }
+    let mut c = SseClient::open(addr, &path, &[("Last-Event-ID", "garbage")]).await;
+    let reset = c.next_event(T).await;
+    assert_eq!(reset_payload(&reset), (vec!["a".to_string(), "b".to_string()], "malformed_id".to_string()));
+    assert_eq!(reset.topics, None, "herald.reset has no topics line");
+    let e = c.next_event(T).await;
+    assert_eq!((e.id(), e.topics.as_deref()), (first.as_str(), Some("a")));
+    for (id, topics) in &expected {
+        let e = c.next_event(T).await;
+        assert_eq!((e.id(), e.topics.as_deref()), (*id, Some(*topics)));
+    }
+}
+
 /// The same tests against Redis.
 mod on_redis {
     super::support::on_redis!(
@@ -404,5 +498,9 @@ mod on_redis {
         fractional_heartbeat,
         no_heartbeat_while_events_flow,
         live_once_head_is_sent,
+        tagged_stream_names_the_subscribed_topics_of_each_event,
+        tagged_stream_bytes,
+        untagged_streams_are_unchanged,
+        tagged_replay_and_reset,
     );
 }

@@ -76,6 +76,27 @@ async fn resume_on_a_second_node_gets_exactly_what_was_missed() {
     assert_eq!(c.next_event(T).await.id(), live);
 }
 
+/// The live position of a tagged stream (`: live <id>`) on Redis: none while nothing was ever published
+/// in the deployment; once another node has published (on a topic this node never saw), the position is
+/// that id, and resuming from it on any node gets exactly what came after.
+#[tokio::test]
+async fn live_position_comes_from_the_whole_deployment() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let (_conn, opening) = open_raw_stream(a.addr(), "/events?topics=x&tagTopics=1", &[]).await;
+    assert_eq!(opening, "retry: 3000\n: herald\n\n", "no position before anything was published");
+    let elsewhere = publish(b.addr(), &["elsewhere"], None, "on node B").await;
+    let (conn, opening) = open_raw_stream(a.addr(), "/events?topics=x&tagTopics=1", &[]).await;
+    assert_eq!(live_position(&opening).as_deref(), Some(elsewhere.as_str()), "{opening:?}");
+    drop(conn);
+    let missed = vec![publish(b.addr(), &["x"], None, "1").await, publish(a.addr(), &["x"], None, "2").await];
+    for node in [&a, &b] {
+        let mut c = SseClient::open(node.addr(), "/events?topics=x", &[("Last-Event-ID", &elsewhere)]).await;
+        assert_eq!(ids(&c.next_events(2, T).await), missed);
+        c.assert_no_event(Duration::from_millis(300)).await;
+    }
+}
+
 /// An event's id and topics.
 type Published = (String, Vec<String>);
 

@@ -440,6 +440,51 @@ async fn history_byte_bound_evicts_oldest_and_resets() {
     d.assert_no_event(Duration::from_millis(300)).await;
 }
 
+/// A tagged stream's opening names where its subscription went live (`: live <id>`); a client that saw
+/// no event can resume from there and gets exactly what it missed, without a reset.
+#[tokio::test]
+async fn resuming_from_the_live_position_misses_nothing() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let before = publish(addr, &["a"], None, "before").await;
+    let (conn, opening) = open_raw_stream(addr, "/events?topics=a,b&tagTopics=1", &[]).await;
+    let live = live_position(&opening).unwrap_or_else(|| panic!("no live position in {opening:?}"));
+    assert!(id_key(&live) >= id_key(&before), "live {live} is older than an event published before it");
+    drop(conn);
+    let missed = [
+        publish(addr, &["a"], None, "1").await,
+        publish(addr, &["b", "c"], None, "2").await,
+        publish(addr, &["c"], None, "not mine").await,
+        publish(addr, &["a", "b"], None, "3").await,
+    ];
+    for path in ["/events?topics=a,b&tagTopics=1", "/events?topics=a,b"] {
+        let mut c = SseClient::open(addr, path, &[("Last-Event-ID", &live)]).await;
+        let got = c.next_events(3, T).await;
+        assert_eq!(ids(&got), [missed[0].clone(), missed[1].clone(), missed[3].clone()], "{path}");
+        c.assert_no_event(Duration::from_millis(200)).await;
+    }
+}
+
+/// On a server where nothing was published yet, the live position (the memory backend's epoch) is a
+/// valid position too: resuming from it is no reset, before and after the first events.
+#[tokio::test]
+async fn live_position_on_a_fresh_server() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let (conn, opening) = open_raw_stream(addr, "/events?topics=a&tagTopics=1", &[]).await;
+    let live = live_position(&opening).unwrap_or_else(|| panic!("no live position in {opening:?}"));
+    drop(conn);
+    let mut early = SseClient::open(addr, "/events?topics=a&tagTopics=1", &[("Last-Event-ID", &live)]).await;
+    early.assert_no_event(Duration::from_millis(200)).await;
+    let missed = publish_n(addr, "a", 2).await;
+    let got = early.next_events(2, T).await;
+    assert_eq!(ids(&got), missed);
+    let mut late = SseClient::open(addr, "/events?topics=a", &[("Last-Event-ID", &live)]).await;
+    assert_eq!(ids(&late.next_events(2, T).await), missed);
+    late.assert_no_event(Duration::from_millis(200)).await;
+    assert_eq!(metrics(addr).await["herald_resets_total"], 0.0);
+}
+
 /// The same tests against Redis (the restart tests are about the memory backend: a Redis deployment
 /// keeps its history when a node restarts; its own tests cover history lost in Redis).
 mod on_redis {
@@ -456,5 +501,6 @@ mod on_redis {
         malformed_ids_reset_all_topics,
         future_id_resets,
         resume_race_no_gap_no_duplicate,
+        resuming_from_the_live_position_misses_nothing,
     );
 }

@@ -192,7 +192,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<Registration, Error> {
-        self.hub.register(topics).map(|(registration, _)| registration)
+        let (mut registration, _) = self.hub.register(topics)?;
+        // Publishing dispatches under this lock, so every id issued after this read reaches the mailbox.
+        // Before the first event the position is the epoch, which no event has and which `replay` accepts.
+        let issued = self.state.lock().unwrap_or_else(PoisonError::into_inner).last_issued;
+        registration.set_live_from(Some(issued.unwrap_or(self.epoch)));
+        Ok(registration)
     }
 
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
@@ -310,10 +315,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fresh_backend_knows_no_id() {
+    async fn fresh_backend_knows_no_id_but_its_epoch() {
         let b = backend(2);
-        let r = b.replay(&["a".into()], LastEventId::Id(EventId::new(b.epoch.ms, 0))).await.unwrap();
+        let r = b.replay(&["a".into()], LastEventId::Id(EventId::new(b.epoch.ms, 1))).await.unwrap();
         assert_eq!(r.reset.map(|r| r.reason), Some("unknown_id"));
+        // The epoch is "before the first event": resuming from it is no reset, before or after events.
+        let r = b.replay(&["a".into()], LastEventId::Id(b.epoch)).await.unwrap();
+        assert!(r.reset.is_none() && r.events.is_empty(), "{r:?}");
+        let first = publish(&b, &["a"]).await;
+        let r = b.replay(&["a".into()], LastEventId::Id(b.epoch)).await.unwrap();
+        assert!(r.reset.is_none(), "{r:?}");
+        assert_eq!(ids(&r), [first]);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_learn_where_they_went_live() {
+        let b = backend(10);
+        let fresh = b.subscribe(&["a".into()]).await.unwrap();
+        assert_eq!(fresh.live_from(), Some(b.epoch));
+        let first = publish(&b, &["b"]).await;
+        let later = b.subscribe(&["a".into()]).await.unwrap();
+        assert_eq!(later.live_from(), Some(first));
+        // Resuming from either position gives what came after it, without a reset.
+        let second = publish(&b, &["a"]).await;
+        for position in [fresh.live_from(), later.live_from()] {
+            let r = b.replay(&["a".into()], LastEventId::Id(position.unwrap())).await.unwrap();
+            assert!(r.reset.is_none(), "{r:?}");
+            assert_eq!(ids(&r), [second]);
+        }
     }
 
     #[tokio::test]

@@ -105,7 +105,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The history position to read after, and the reset to report, for a last event id judged against
-/// `boot` (the first id this history could hold) and `last_issued` (the newest id made so far).
+/// `history_start` (the position before the first id this history could hold: the memory backend's epoch)
+/// and `last_issued` (the newest id made so far).
+///
+/// An id equal to `history_start` means "before the first event" and is valid even when nothing was issued
+/// yet: it is the position a stream that went live before the first event learns (see
+/// [`Registration::live_from`]), and resuming from it must not be a reset.
 pub(crate) fn judge_last_id(
     last: LastEventId,
     history_start: EventId,
@@ -115,6 +120,7 @@ pub(crate) fn judge_last_id(
     let everything = |reason| (EventId::ZERO, Some(Reset { topics: topics.to_vec(), reason }));
     match last {
         LastEventId::Malformed => everything("malformed_id"),
+        LastEventId::Id(id) if id == history_start => (id, None),
         LastEventId::Id(id) if last_issued.is_none_or(|newest| id > newest) => everything("unknown_id"),
         LastEventId::Id(id) if id < history_start => everything("history_lost"),
         LastEventId::Id(id) => (id, None),

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{Backend, Replay};
+use crate::backend::{Backend, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Drained, Registration};
 use crate::id::{EventId, LastEventId};
@@ -35,6 +35,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// An event stream.
     Stream(Box<EventStream>),
+    /// A static file, read as it is sent.
+    File(Box<super::static_files::FileBody>),
 }
 
 impl ResponseBody {
@@ -58,11 +60,16 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Stream(stream) => stream.poll_next_chunk(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+            ResponseBody::File(file) => file.poll_chunk(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, ResponseBody::Full(None))
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Stream(_) => false,
+            ResponseBody::File(file) => file.remaining() == 0,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -70,6 +77,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Stream(_) => SizeHint::default(),
+            ResponseBody::File(file) => SizeHint::with_exact(file.remaining()),
         }
     }
 }
@@ -104,8 +112,9 @@ impl Drop for StreamPermit {
 type CatchUp = Pin<Box<dyn Future<Output = Result<Replay, Error>> + Send>>;
 
 enum Phase {
-    /// Replayed events still to write, in id order.
-    Replay(std::vec::IntoIter<Arc<Event>>),
+    /// Replayed events still to write, newest first: they are taken from the end. (A `Vec` rather than
+    /// an iterator keeps this enum, and so every stream, 16 bytes smaller.)
+    Replay(Vec<Arc<Event>>),
     /// Live events from the mailbox.
     Live,
     /// The mailbox overflowed; history is being read from the last id sent.
@@ -170,32 +179,39 @@ pub struct EventStream {
     batch: Vec<Arc<Event>>,
     /// Whether chunks carry their HTTP/1.1 chunk framing (the event-stream front writes them as they are).
     chunked: bool,
+    /// Whether events carry a `topics:` line (`tagTopics=1`).
+    tagged: bool,
     _permit: StreamPermit,
 }
 
 impl EventStream {
     /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order)
     /// follows, then live events newer than both `last_sent` and the replay.
+    ///
+    /// `last_sent` is the position the client already has (its valid last event id), or `ZERO` when it
+    /// has none (a lagging stream that has sent no id catches up from where its subscription went live).
     pub fn new(
         settings: Arc<StreamSettings>,
         registration: Registration,
         permit: StreamPermit,
         head: Bytes,
-        replay: Vec<Arc<Event>>,
+        mut replay: Vec<Arc<Event>>,
         last_sent: EventId,
     ) -> Self {
         let now = Instant::now();
+        replay.reverse();
         EventStream {
             heartbeat: Box::pin(tokio::time::sleep_until(idle_deadline(now, &registration, &settings))),
             settings,
             registration,
             head: Some(head),
-            phase: Phase::Replay(replay.into_iter()),
+            phase: Phase::Replay(replay),
             last_sent,
             last_activity: now,
             ends_at: None,
             batch: Vec::new(),
             chunked: false,
+            tagged: false,
             _permit: permit,
         }
     }
@@ -204,6 +220,12 @@ impl EventStream {
     /// writer that frames nothing itself.
     pub fn use_chunked_framing(&mut self) {
         self.chunked = true;
+    }
+
+    /// Gives every event a `topics:` line naming the event's topics that this stream subscribed to
+    /// (`tagTopics=1`), from the event's shared tagged frames ([`Event::tagged`]).
+    pub fn tag_topics(&mut self) {
+        self.tagged = true;
     }
 
     /// Ends the stream cleanly at `at` (when the token it was opened with expires), so that the client
@@ -235,16 +257,24 @@ impl EventStream {
         Metrics::inc(&self.settings.metrics.stalled_dropped);
     }
 
+    /// The next bytes to write.
+    ///
+    /// A connection whose mailbox overflowed catches up from history: from the last id it sent, or, when it
+    /// has sent none, from where its subscription went live ([`Registration::live_from`]), so that a burst
+    /// that arrives before the first event is written is replayed rather than lost. When history cannot
+    /// cover the gap, a stream that has sent an id is closed (the client resumes with that id and is told
+    /// what it lost, with `herald.reset`); one that has sent none has no id to resume with, so it is told in
+    /// the stream (`herald.reset`), then gets what history still holds, then goes on live. Never a silent gap.
     fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(head) = self.head.take() {
-            let head = if self.chunked {
-                sse::chunk_with(head.len(), |b| b.extend_from_slice(&head)).wire().clone()
-            } else {
-                head
-            };
-            return Poll::Ready(Some(self.written(head, 0)));
-        }
         loop {
+            if let Some(head) = self.head.take() {
+                let head = if self.chunked {
+                    sse::chunk_with(head.len(), |b| b.extend_from_slice(&head)).wire().clone()
+                } else {
+                    head
+                };
+                return Poll::Ready(Some(self.written(head, 0)));
+            }
             if !self.batch.is_empty() {
                 if let Some(chunk) = self.encode_batch() {
                     return Poll::Ready(Some(chunk));
@@ -253,7 +283,8 @@ impl EventStream {
             match &mut self.phase {
                 Phase::Done => return Poll::Ready(None),
                 Phase::Replay(events) => {
-                    self.batch.extend(events.by_ref().take(MAX_BATCH_EVENTS));
+                    let rest = events.len().saturating_sub(MAX_BATCH_EVENTS);
+                    self.batch.extend(events.drain(rest..).rev());
                     if self.batch.is_empty() {
                         self.phase = Phase::Live;
                         continue;
@@ -264,16 +295,35 @@ impl EventStream {
                 }
                 Phase::CatchUp(future) => {
                     let result = ready!(future.as_mut().poll(cx));
+                    let metrics = &self.settings.metrics;
+                    let never_sent = self.last_sent == EventId::ZERO;
                     match result {
-                        Ok(Replay { events, reset: None }) => {
-                            Metrics::inc(&self.settings.metrics.lagging_caught_up);
-                            self.phase = Phase::Replay(events.into_iter());
+                        Ok(Replay { mut events, reset: None }) => {
+                            Metrics::inc(&metrics.lagging_caught_up);
+                            events.reverse();
+                            self.phase = Phase::Replay(events);
                         }
-                        Ok(Replay { reset: Some(_), .. }) | Err(_) => {
+                        Ok(Replay { reset: Some(_), .. }) | Err(_) if !never_sent => {
                             // History cannot cover this connection: close it; the client resumes with its
                             // last id and is told what it lost.
-                            Metrics::inc(&self.settings.metrics.lagging_dropped);
+                            Metrics::inc(&metrics.lagging_dropped);
                             self.phase = Phase::Done;
+                        }
+                        Ok(Replay { mut events, reset: Some(reset) }) => {
+                            Metrics::inc(&metrics.lagging_caught_up);
+                            Metrics::inc(&metrics.resets);
+                            self.head = Some(sse::reset_event(&reset.topics, reset.reason));
+                            events.reverse();
+                            self.phase = Phase::Replay(events);
+                        }
+                        Err(e) => {
+                            // Nothing to replay from: say so, and go on live.
+                            tracing::debug!(cause = %e, "catching up a lagging stream failed");
+                            Metrics::inc(&metrics.lagging_caught_up);
+                            Metrics::inc(&metrics.resets);
+                            let reset = Reset { topics: self.registration.topics().to_vec(), reason: "history_lost" };
+                            self.head = Some(sse::reset_event(&reset.topics, reset.reason));
+                            self.phase = Phase::Live;
                         }
                     }
                 }
@@ -293,7 +343,8 @@ impl EventStream {
                             mailbox.clear_lag();
                             let backend = self.settings.backend.clone();
                             let topics = self.registration.topics().to_vec();
-                            let last = LastEventId::Id(self.last_sent);
+                            let from = self.last_sent.max(self.registration.live_from().unwrap_or(EventId::ZERO));
+                            let last = LastEventId::Id(from);
                             self.phase = Phase::CatchUp(Box::pin(async move { backend.replay(&topics, last).await }));
                         }
                         Poll::Ready(Drained::Closed) => {
@@ -334,23 +385,56 @@ impl EventStream {
                 keep
             })
         };
-        let chunk = match (count, self.chunked) {
-            (0, _) => None,
-            (1, true) => fresh.next().map(|e| e.chunk.wire().clone()),
-            (1, false) => fresh.next().map(|e| e.chunk.payload()),
-            (_, true) => Some(
-                sse::chunk_with(bytes, |buf| fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice())))
-                    .wire()
-                    .clone(),
-            ),
-            (_, false) => {
-                let mut buf = BytesMut::with_capacity(bytes);
-                fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice()));
-                Some(buf.freeze())
+        let chunk = if self.tagged {
+            Self::encode_tagged(fresh, count, bytes, self.registration.topics(), self.chunked)
+        } else {
+            match (count, self.chunked) {
+                (0, _) => None,
+                (1, true) => fresh.next().map(|e| e.chunk.wire().clone()),
+                (1, false) => fresh.next().map(|e| e.chunk.payload()),
+                (_, true) => Some(
+                    sse::chunk_with(bytes, |buf| fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice())))
+                        .wire()
+                        .clone(),
+                ),
+                (_, false) => {
+                    let mut buf = BytesMut::with_capacity(bytes);
+                    fresh.for_each(|e| buf.extend_from_slice(e.chunk.payload_slice()));
+                    Some(buf.freeze())
+                }
             }
         };
         self.batch.drain(..consumed);
         Some(self.written(chunk?, count as u64))
+    }
+
+    /// [`EventStream::encode_batch`] for a tagged stream: each event's tagged frame for this stream's
+    /// topics, shared with every stream that picks the same topics of it; several are copied into one
+    /// write. `bytes` (the untagged size) only sizes the buffer.
+    fn encode_tagged<'a>(
+        mut fresh: impl Iterator<Item = &'a Arc<Event>>,
+        count: usize,
+        bytes: usize,
+        topics: &[crate::topic::Topic],
+        chunked: bool,
+    ) -> Option<Bytes> {
+        match (count, chunked) {
+            (0, _) => None,
+            (1, true) => fresh.next().map(|e| e.tagged(topics).wire().clone()),
+            (1, false) => fresh.next().map(|e| e.tagged(topics).payload()),
+            (_, true) => Some(
+                sse::chunk_with(bytes, |buf| {
+                    fresh.for_each(|e| buf.extend_from_slice(e.tagged(topics).payload_slice()));
+                })
+                .wire()
+                .clone(),
+            ),
+            (_, false) => {
+                let mut buf = BytesMut::with_capacity(bytes);
+                fresh.for_each(|e| buf.extend_from_slice(e.tagged(topics).payload_slice()));
+                Some(buf.freeze())
+            }
+        }
     }
 
     fn written(&mut self, chunk: Bytes, events: u64) -> Bytes {
@@ -391,7 +475,166 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{HistoryLimits, MemoryBackend};
+    use crate::backend::{HistoryLimits, MemoryBackend, NewEvent};
+    use crate::topic::Topic;
+
+    struct Node {
+        backend: Arc<MemoryBackend>,
+        settings: Arc<StreamSettings>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn node(history: usize, queue: usize) -> Node {
+        let metrics = Arc::new(Metrics::default());
+        let backend = Arc::new(MemoryBackend::new(HistoryLimits { size: history, ttl: None }, queue, metrics.clone()));
+        let settings = Arc::new(StreamSettings {
+            backend: backend.clone(),
+            metrics: metrics.clone(),
+            heartbeat: Duration::from_secs(15),
+            send_timeout: Duration::from_secs(60),
+        });
+        Node { backend, settings, metrics }
+    }
+
+    fn names(topics: &[&str]) -> Vec<Topic> {
+        topics.iter().map(|t| Topic::from(*t)).collect()
+    }
+
+    impl Node {
+        /// A stream opened without a last event id, as `GET /events` makes it.
+        async fn open(&self, topics: &[&str], tagged: bool) -> EventStream {
+            let registration = self.backend.subscribe(&names(topics)).await.expect("subscribe");
+            let permit = StreamPermit::acquire(&self.metrics, 100).expect("permit");
+            let head = sse::preamble(1000);
+            let mut stream =
+                EventStream::new(self.settings.clone(), registration, permit, head, Vec::new(), EventId::ZERO);
+            if tagged {
+                stream.tag_topics();
+            }
+            stream
+        }
+
+        async fn publish(&self, topics: &[&str], data: &str) -> EventId {
+            let event = NewEvent { topics: names(topics), kind: None, data: data.into() };
+            self.backend.publish(event).await.expect("publish")
+        }
+    }
+
+    /// Everything the stream has to write now, and whether it ended.
+    fn ready_chunks(stream: &mut EventStream) -> (Vec<Bytes>, bool) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut chunks = Vec::new();
+        loop {
+            match stream.poll_next_chunk(&mut cx) {
+                Poll::Ready(Some(chunk)) => chunks.push(chunk),
+                Poll::Ready(None) => return (chunks, true),
+                Poll::Pending => return (chunks, false),
+            }
+        }
+    }
+
+    fn text(chunks: &[Bytes]) -> String {
+        chunks.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect()
+    }
+
+    /// Encode once, also for tagged streams: streams that pick the same topics of an event write the
+    /// same bytes; others get their own encoding; untagged streams are untouched.
+    #[tokio::test]
+    async fn tagged_streams_with_the_same_topics_share_one_encoding() {
+        let node = node(10, 16);
+        let mut ab = node.open(&["a", "b"], true).await;
+        let mut bax = node.open(&["b", "a", "x"], true).await;
+        let mut c = node.open(&["c"], true).await;
+        let mut plain = node.open(&["a"], false).await;
+        for stream in [&mut ab, &mut bax, &mut c, &mut plain] {
+            let (head, ended) = ready_chunks(stream);
+            assert_eq!((text(&head).as_str(), ended), ("retry: 1000\n: herald\n\n", false));
+        }
+        let id = node.publish(&["a", "c"], "hi").await;
+        let one = |stream: &mut EventStream| {
+            let (mut chunks, _) = ready_chunks(stream);
+            assert_eq!(chunks.len(), 1);
+            chunks.remove(0)
+        };
+        let (ab, bax, c, plain) = (one(&mut ab), one(&mut bax), one(&mut c), one(&mut plain));
+        assert_eq!(&ab[..], format!("id: {id}\ntopics: a\ndata: hi\n\n").as_bytes());
+        assert_eq!(ab.as_ptr(), bax.as_ptr(), "the same subset {{a}}: one shared encoding");
+        assert_eq!(&c[..], format!("id: {id}\ntopics: c\ndata: hi\n\n").as_bytes());
+        assert_ne!(c.as_ptr(), ab.as_ptr());
+        assert_eq!(&plain[..], format!("id: {id}\ndata: hi\n\n").as_bytes());
+    }
+
+    /// Several waiting events still go out in one write on a tagged stream.
+    #[tokio::test]
+    async fn tagged_streams_batch() {
+        let node = node(10, 16);
+        let mut stream = node.open(&["a", "b"], true).await;
+        stream.use_chunked_framing();
+        ready_chunks(&mut stream);
+        let first = node.publish(&["b", "a"], "1").await;
+        let second = node.publish(&["a", "z"], "2").await;
+        let (chunks, _) = ready_chunks(&mut stream);
+        assert_eq!(chunks.len(), 1, "one write for both");
+        let payload = format!("id: {first}\ntopics: b,a\ndata: 1\n\nid: {second}\ntopics: a\ndata: 2\n\n");
+        assert_eq!(text(&chunks), format!("{:x}\r\n{payload}\r\n", payload.len()));
+    }
+
+    /// Issue 7, defect 2: a stream opened without a last event id whose mailbox overflows before it has
+    /// written an event caught up from 0-0, was judged `history_lost` and closed; its client had no id to
+    /// resume with, so the burst was lost without a `herald.reset`. It now catches up from where it went
+    /// live.
+    #[tokio::test]
+    async fn lag_before_the_first_event_catches_up_from_where_the_stream_went_live() {
+        for published_before in [false, true] {
+            let node = node(100, 4);
+            if published_before {
+                node.publish(&["other"], "x").await;
+            }
+            let mut stream = node.open(&["a"], false).await;
+            ready_chunks(&mut stream);
+            let mut burst = Vec::new();
+            for i in 0..10 {
+                burst.push(node.publish(&["a"], &i.to_string()).await);
+            }
+            let (chunks, ended) = ready_chunks(&mut stream);
+            assert!(!ended, "closed instead of caught up (published before: {published_before})");
+            let expected: String = burst.iter().enumerate().map(|(i, id)| format!("id: {id}\ndata: {i}\n\n")).collect();
+            assert_eq!(text(&chunks), expected);
+            assert_eq!(node.metrics.lagging_caught_up.load(Relaxed), 1);
+            assert_eq!(node.metrics.resets.load(Relaxed), 0);
+            // And on live.
+            let after = node.publish(&["a"], "live").await;
+            assert_eq!(text(&ready_chunks(&mut stream).0), format!("id: {after}\ndata: live\n\n"));
+        }
+    }
+
+    /// When history cannot cover a stream that has sent no id, it is told in the stream and goes on; one
+    /// that has sent an id is closed (its client resumes with that id and is told then).
+    #[tokio::test]
+    async fn lag_past_history_resets_in_the_stream_until_an_id_was_sent() {
+        let node = node(3, 4);
+        let mut fresh = node.open(&["a"], true).await;
+        let mut sent = node.open(&["a"], false).await;
+        ready_chunks(&mut fresh);
+        ready_chunks(&mut sent);
+        let first = node.publish(&["a"], "first").await;
+        assert!(text(&ready_chunks(&mut sent).0).contains(&first.to_string()));
+        let mut burst = Vec::new();
+        for i in 0..10 {
+            burst.push(node.publish(&["a"], if i < 5 { "old" } else { "new" }).await);
+        }
+        let (chunks, ended) = ready_chunks(&mut fresh);
+        assert!(!ended);
+        let kept: String = burst[7..].iter().map(|id| format!("id: {id}\ntopics: a\ndata: new\n\n")).collect();
+        let reset = "event: herald.reset\ndata: {\"topics\":[\"a\"],\"reason\":\"trimmed\"}\n\n";
+        assert_eq!(text(&chunks), format!("{reset}{kept}"), "a reset (no topics line), what is left, then live");
+        let (chunks, ended) = ready_chunks(&mut sent);
+        assert!(chunks.is_empty() && ended, "a stream with an id is closed");
+        assert_eq!(node.metrics.lagging_dropped.load(Relaxed), 1);
+        assert_eq!(node.metrics.resets.load(Relaxed), 1);
+        let after = node.publish(&["a"], "live").await;
+        assert!(text(&ready_chunks(&mut fresh).0).contains(&after.to_string()));
+    }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
     #[test]

@@ -19,10 +19,16 @@ use crate::topic::{parse_topic_lists, Topic};
 pub(crate) struct SubscribeQuery {
     pub(crate) topics: Vec<Topic>,
     pub(crate) last_event_id: Option<LastEventId>,
+    /// `tagTopics=1`: each event carries a `topics:` line.
+    pub(crate) tag_topics: bool,
 }
 
-/// Reads `topics` (repeatable, comma-separated) and the last event id: the `Last-Event-ID` header wins
-/// over the `lastEventId` query parameter; an empty value counts as absent.
+/// Reads `topics` (repeatable, comma-separated), the last event id (the `Last-Event-ID` header wins over
+/// the `lastEventId` query parameter; an empty value counts as absent) and `tagTopics`.
+///
+/// `tagTopics=1` turns tagging on; any other value (`0`, empty, anything else) leaves it off rather than
+/// failing the request, as for the last event id: a browser that gets an error stops reconnecting. When
+/// the parameter is repeated, the last one counts.
 pub(crate) fn parse_query(
     query: Option<&str>,
     headers: &HeaderMap,
@@ -38,7 +44,8 @@ pub(crate) fn parse_query(
     let from_query =
         pairs.iter().rev().find(|(k, v)| k == "lastEventId" && !v.trim().is_empty()).map(|(_, v)| v.to_string());
     let last_event_id = from_header.or(from_query).map(|v| LastEventId::parse(&v));
-    Ok(SubscribeQuery { topics, last_event_id })
+    let tag_topics = pairs.iter().rev().find(|(k, _)| k == "tagTopics").is_some_and(|(_, v)| v == "1");
+    Ok(SubscribeQuery { topics, last_event_id, tag_topics })
 }
 
 /// Handles `GET /events`. The response is returned (and its head sent) only once the subscription is
@@ -57,7 +64,12 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
     // Live before history: whatever is published from here on lands in the mailbox.
     let registration = state.backend.subscribe(&query.topics).await?;
 
-    let mut head = BytesMut::from(&sse::preamble(state.limits.retry_ms)[..]);
+    let preamble = if query.tag_topics {
+        sse::tagged_preamble(state.limits.retry_ms, registration.live_from())
+    } else {
+        sse::preamble(state.limits.retry_ms)
+    };
+    let mut head = BytesMut::from(&preamble[..]);
     let mut replay = Vec::new();
     let mut last_sent = EventId::ZERO;
     if let Some(last) = query.last_event_id {
@@ -72,9 +84,12 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         }
         replay = found.events;
     }
-    tracing::debug!(topics = ?query.topics, replayed = replay.len(), "stream opened");
+    tracing::debug!(topics = ?query.topics, replayed = replay.len(), tagged = query.tag_topics, "stream opened");
     let settings = state.stream_settings.clone();
     let mut stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
+    if query.tag_topics {
+        stream.tag_topics();
+    }
     if let Some(at) = grant.ends_at {
         stream.end_at(at.into());
     }
@@ -126,6 +141,17 @@ mod tests {
         assert_eq!(q.last_event_id, Some(LastEventId::Malformed));
         let q = parse("topics=a&lastEventId=1-1", Some("")).unwrap();
         assert_eq!(q.last_event_id, Some(LastEventId::Id(EventId::new(1, 1))));
+    }
+
+    #[test]
+    fn tag_topics_only_for_1() {
+        assert!(!parse("topics=a", None).unwrap().tag_topics);
+        assert!(parse("topics=a&tagTopics=1", None).unwrap().tag_topics);
+        for off in ["0", "", "true", "yes", "2", "01"] {
+            assert!(!parse(&format!("topics=a&tagTopics={off}"), None).unwrap().tag_topics, "{off:?}");
+        }
+        assert!(parse("tagTopics=0&topics=a&tagTopics=1", None).unwrap().tag_topics, "the last one counts");
+        assert!(!parse("tagTopics=1&topics=a&tagTopics=0", None).unwrap().tag_topics);
     }
 
     #[test]

@@ -25,9 +25,11 @@ pub mod body;
 mod events;
 mod ops;
 mod publish;
+mod static_files;
 
 pub use body::ResponseBody;
 use body::StreamSettings;
+pub use static_files::StaticSite;
 
 /// Limits and settings the handlers need, taken from the configuration once.
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ pub struct AppState {
     pub stream_settings: Arc<StreamSettings>,
     /// Token verification; `None` in open mode.
     pub auth: Option<Auth>,
+    /// What is served at `/` and `/herald.js`.
+    pub statics: StaticSite,
     draining: AtomicBool,
 }
 
@@ -75,7 +79,22 @@ impl AppState {
             heartbeat: limits.heartbeat,
             send_timeout: limits.send_timeout,
         });
-        AppState { backend, metrics, limits, stream_settings, auth: None, draining: AtomicBool::new(false) }
+        AppState {
+            backend,
+            metrics,
+            limits,
+            stream_settings,
+            auth: None,
+            statics: StaticSite::BuiltIn,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Serves these static files (the built-in ones by default).
+    #[must_use]
+    pub fn with_static_site(mut self, statics: StaticSite) -> Self {
+        self.statics = statics;
+        self
     }
 
     /// Turns authentication on (with `Some`).
@@ -116,7 +135,8 @@ impl App {
             "/healthz" => ops::healthz(&req),
             "/readyz" => ops::readyz(&state, req.method()).await,
             "/metrics" => ops::metrics(&state, &req),
-            path => ops::static_file(path, &req),
+            // Without the body, which need not be shareable between threads across the file reads.
+            _ => static_files::serve(&state.statics, &req.into_parts().0).await,
         }
     }
 }

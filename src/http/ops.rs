@@ -1,15 +1,9 @@
-//! Operations endpoints (`/healthz`, `/readyz`, `/metrics`) and the embedded static files.
+//! Operations endpoints: `/healthz`, `/readyz`, `/metrics`.
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::{require_method, AppState, ResponseBody, GET_HEAD};
 use crate::error::Error;
-
-/// The demo page and browser client, compiled into the binary so that Herald runs from any directory.
-const STATIC_FILES: &[(&str, &str, &[u8])] = &[
-    ("/", "text/html; charset=utf-8", include_bytes!("../../static/index.html")),
-    ("/index.html", "text/html; charset=utf-8", include_bytes!("../../static/index.html")),
-];
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(body));
@@ -42,11 +36,4 @@ pub(super) fn metrics<B>(state: &AppState, req: &Request<B>) -> Result<Response<
     require_method(req.method(), GET_HEAD, "GET, HEAD")?;
     let body = state.metrics.render(state.backend.hub().gauges());
     Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body))
-}
-
-/// `GET /` and the other embedded files.
-pub(super) fn static_file<B>(path: &str, req: &Request<B>) -> Result<Response<ResponseBody>, Error> {
-    let (_, content_type, body) = STATIC_FILES.iter().find(|(p, _, _)| *p == path).ok_or(Error::NotFound)?;
-    require_method(req.method(), GET_HEAD, "GET, HEAD")?;
-    Ok(text(StatusCode::OK, content_type, *body))
 }

@@ -141,6 +141,7 @@ where
     }
     let framing = match &body {
         ResponseBody::Full(bytes) => Framing::Length(bytes.as_ref().map_or(0, Bytes::len)),
+        ResponseBody::File(file) => Framing::Length(usize::try_from(file.remaining()).unwrap_or(usize::MAX)),
         ResponseBody::Stream(_) if chunked => Framing::Chunked,
         ResponseBody::Stream(_) => Framing::Close,
     };
@@ -214,6 +215,16 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
             };
         }
         ResponseBody::Stream(events) => events.send_timeout(),
+        // Not a response of `/events`, which is all the front serves; written as it comes, for completeness.
+        ResponseBody::File(_) => {
+            stream.write_all(&head).await?;
+            while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                if let Ok(data) = frame.into_data() {
+                    stream.write_all(&data).await?;
+                }
+            }
+            return Ok(());
+        }
     };
     write_within(stream, &head, limit).await?;
     drop(head);

@@ -113,6 +113,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let auth = Auth::from_config(&config)?;
+    let statics = config.static_site()?;
     let metrics = Arc::new(Metrics::default());
     let backend = build_backend(&config, &metrics)?;
     let limits = Limits {
@@ -135,7 +136,7 @@ pub async fn serve(
         "herald listening{}",
         if config.auth_enabled() { "" } else { " (open mode: anyone who can reach this address may subscribe and publish)" }
     );
-    let state = Arc::new(AppState::new(backend, metrics, limits).with_auth(auth));
+    let state = Arc::new(AppState::new(backend, metrics, limits).with_auth(auth).with_static_site(statics));
     let service = ServiceBuilder::new().option_layer(cors_layer(&config.cors_origin)).service(App::new(state.clone()));
 
     let tracker = TaskTracker::new();

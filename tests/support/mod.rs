@@ -1098,6 +1098,9 @@ pub struct SseEvent {
     pub event: Option<String>,
     /// The data, lines joined with LF.
     pub data: String,
+    /// The `topics:` field of this event's block (tagged streams, `tagTopics=1`), if any. Not part of
+    /// the WHATWG algorithm, which ignores unknown fields; recorded so that tests can read it.
+    pub topics: Option<String>,
 }
 
 impl SseEvent {
@@ -1136,6 +1139,7 @@ pub struct SseParser {
     event_type: String,
     last_event_id: String,
     block_id: Option<String>,
+    block_topics: Option<String>,
 }
 
 impl SseParser {
@@ -1204,6 +1208,7 @@ impl SseParser {
                 self.last_event_id = value.clone();
                 self.block_id = Some(value);
             }
+            "topics" => self.block_topics = Some(value),
             // Only ASCII digits make a valid retry.
             "retry" if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) => {
                 if let Ok(ms) = value.parse() {
@@ -1216,6 +1221,7 @@ impl SseParser {
 
     fn dispatch(&mut self, out: &mut Vec<SseItem>) {
         let block_id = self.block_id.take();
+        let block_topics = self.block_topics.take();
         if self.data.is_empty() {
             self.event_type.clear();
             return;
@@ -1230,6 +1236,7 @@ impl SseParser {
             last_event_id: self.last_event_id.clone(),
             event: if ty.is_empty() { None } else { Some(ty) },
             data,
+            topics: block_topics,
         }));
     }
 }
@@ -1443,6 +1450,40 @@ impl SseClient {
     pub fn abort(self) {
         self.conn.abort();
     }
+}
+
+/// Reads raw body bytes from `conn` until they contain `needle` (bounded by [`IO_TIMEOUT`]); returns
+/// everything read, as text.
+///
+/// # Panics
+/// When the stream ends or `needle` does not arrive in time.
+pub async fn read_raw_until(conn: &mut HttpConn, needle: &str) -> String {
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while !String::from_utf8_lossy(&raw).contains(needle) {
+        match tokio::time::timeout_at(deadline, conn.next_body_data()).await {
+            Ok(Ok(Some(data))) => raw.extend(data),
+            other => panic!("waiting for {needle:?}: {other:?}; raw so far {:?}", String::from_utf8_lossy(&raw)),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Opens `GET path` on a raw connection (200 asserted) and reads the stream's opening, up to and
+/// including its first blank line: `(connection, opening text)`.
+pub async fn open_raw_stream(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (HttpConn, String) {
+    let mut conn = HttpConn::connect(addr).await.expect("connect");
+    conn.send_request("GET", path, headers, b"").await.expect("write");
+    let (status, _) =
+        tokio::time::timeout(IO_TIMEOUT, conn.read_head("GET")).await.expect("head in time").expect("head");
+    assert_eq!(status, 200, "GET {path}");
+    let opening = read_raw_until(&mut conn, "\n\n").await;
+    (conn, opening)
+}
+
+/// The position of a tagged stream's `: live <id>` comment in its opening, if any.
+pub fn live_position(opening: &str) -> Option<String> {
+    opening.lines().find_map(|line| line.strip_prefix(": live ")).map(str::to_string)
 }
 
 /// Asserts the SSE response head of a successful `/events` request.

@@ -201,6 +201,24 @@ impl RedisBackend {
         }
     }
 
+    /// Where a subscription confirmed just now went live (see [`Registration::live_from`]): the newest id
+    /// this node has seen. Any event published later has a greater id (ids rise deployment-wide, and the
+    /// channel is subscribed); one published earlier on another node that the channel missed has a greater
+    /// id too, but it is in the history, so resuming from here still misses nothing. A node that has seen
+    /// no id asks Redis for `herald:last-id` (a deployment where other nodes published); `None` when
+    /// nothing was ever published, or Redis cannot say.
+    async fn live_position(&self) -> Option<EventId> {
+        let newest = *self.state.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        if newest > EventId::ZERO {
+            return Some(newest);
+        }
+        let mut con = self.commands.clone();
+        let last: Value = self.command(redis::cmd("GET").arg(LAST_ID_KEY).query_async(&mut con)).await.ok()?;
+        let last = id_of(&last)?;
+        self.state.saw(last);
+        Some(last)
+    }
+
     /// One snapshot of the history of `topics` after `after`.
     async fn read(&self, topics: &[Topic], after: EventId) -> Result<Snapshot, Error> {
         let mut con = self.commands.clone();
@@ -307,12 +325,14 @@ impl Backend for RedisBackend {
         self.feed
             .send(Ensure { topics: topics.to_vec(), done })
             .map_err(|_| Error::BackendUnavailable("redis pub/sub task stopped".into()))?;
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
-            Ok(Ok(Ok(()))) => Ok(registration),
-            Ok(Ok(Err(cause))) => Err(Error::BackendUnavailable(cause)),
-            Ok(Err(_)) => Err(Error::BackendUnavailable("redis pub/sub task stopped".into())),
-            Err(_) => Err(Error::BackendUnavailable(format!("no subscription within {SUBSCRIBE_TIMEOUT:?}"))),
-        }
+        let mut registration = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
+            Ok(Ok(Ok(()))) => registration,
+            Ok(Ok(Err(cause))) => return Err(Error::BackendUnavailable(cause)),
+            Ok(Err(_)) => return Err(Error::BackendUnavailable("redis pub/sub task stopped".into())),
+            Err(_) => return Err(Error::BackendUnavailable(format!("no subscription within {SUBSCRIBE_TIMEOUT:?}"))),
+        };
+        registration.set_live_from(self.live_position().await);
+        Ok(registration)
     }
 
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
