@@ -15,9 +15,9 @@ pub enum Error {
     #[error("bad topic {0:?}: a topic is 1 to 256 bytes of printable ASCII other than space , * ? #")]
     BadTopic(String),
     /// More distinct topics than allowed.
-    #[error("{count} topics given, at most {max} allowed")]
+    #[error("more than {max} distinct topics given, at most {max} allowed")]
     TooManyTopics {
-        /// Distinct topics in the request.
+        /// Distinct topics counted when the request was refused: `max + 1`, as reading stops there.
         count: usize,
         /// The configured maximum.
         max: usize,

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::id::{EventId, LastEventId};
 use crate::metrics::Metrics;
 use crate::sse;
-use crate::topic::{parse_topic_lists, Topic};
+use crate::topic::{Topic, TopicSet};
 
 /// What a subscription asks for.
 #[derive(Debug, PartialEq)]
@@ -28,16 +28,22 @@ pub(crate) fn parse_query(
     headers: &HeaderMap,
     max_topics: usize,
 ) -> Result<SubscribeQuery, Error> {
-    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-        query.map(|q| form_urlencoded::parse(q.as_bytes()).collect()).unwrap_or_default();
-    let topics = parse_topic_lists(pairs.iter().filter(|(k, _)| k == "topics").map(|(_, v)| v.clone()), max_topics)?;
+    // One pass, stopping at the first bad topic or the first topic too many.
+    let mut topics = TopicSet::new(max_topics);
+    let mut from_query = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "topics" => topics.add_list(&value)?,
+            "lastEventId" if !value.trim().is_empty() => from_query = Some(value),
+            _ => {}
+        }
+    }
+    let topics = topics.finish()?;
     let from_header = headers
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .filter(|v| !v.trim().is_empty());
-    let from_query =
-        pairs.iter().rev().find(|(k, v)| k == "lastEventId" && !v.trim().is_empty()).map(|(_, v)| v.to_string());
-    let last_event_id = from_header.or(from_query).map(|v| LastEventId::parse(&v));
+    let last_event_id = from_header.or(from_query.map(Cow::into_owned)).map(|v| LastEventId::parse(&v));
     Ok(SubscribeQuery { topics, last_event_id })
 }
 

@@ -9,7 +9,7 @@ use super::{require_method, AppState, Limits, RequestBody, ResponseBody};
 use crate::backend::NewEvent;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::topic::{collect_topics, validate_type};
+use crate::topic::{validate_type, TopicSet};
 
 /// The accepted body formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,8 @@ async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Bytes,
 
 /// Parses and validates a publish body into an event.
 fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
-    let (topics, kind, data) = match format {
+    let mut topics = TopicSet::new(limits.max_topics);
+    let (kind, data) = match format {
         Format::Json => {
             let value: serde_json::Value =
                 serde_json::from_slice(body).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -70,22 +71,24 @@ fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent,
                 Some(serde_json::Value::String(s)) => Some(s),
                 Some(other) => Some(other.to_string()),
             };
-            (parsed.topic.into_iter().chain(parsed.topics).collect::<Vec<_>>(), parsed.kind, data)
+            parsed.topic.iter().chain(&parsed.topics).try_for_each(|t| topics.add(t))?;
+            (parsed.kind, data)
         }
         Format::Form => {
-            let (mut topics, mut kind, mut data) = (Vec::new(), None, None);
+            let (mut kind, mut data) = (None, None);
+            // Topics are checked as they are read, so a body naming too many stops at the first too many.
             for (key, value) in form_urlencoded::parse(body) {
                 match &*key {
-                    "topic" | "topics" => topics.push(value.into_owned()),
+                    "topic" | "topics" => topics.add(&value)?,
                     "type" => kind = Some(value.into_owned()),
                     "data" => data = Some(value.into_owned()),
                     _ => {}
                 }
             }
-            (topics, kind, data)
+            (kind, data)
         }
     };
-    let topics = collect_topics(&topics, limits.max_topics)?;
+    let topics = topics.finish()?;
     let kind = validate_type(kind.as_deref())?;
     let data = data.ok_or(Error::MissingData)?;
     if data.len() > limits.max_event_size {
