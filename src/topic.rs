@@ -68,6 +68,26 @@ impl TopicSet {
         Ok(())
     }
 
+    /// [`TopicSet::add`] for a topic decoded from a form or a query, which may not be UTF-8 (then it is a
+    /// bad topic, like any other byte that is not printable ASCII).
+    ///
+    /// # Errors
+    /// As [`TopicSet::add`].
+    pub fn add_bytes(&mut self, topic: &[u8]) -> Result<(), Error> {
+        match std::str::from_utf8(topic) {
+            Ok(topic) => self.add(topic),
+            Err(_) => Err(Error::BadTopic(shorten(&String::from_utf8_lossy(topic)))),
+        }
+    }
+
+    /// [`TopicSet::add_list`] for a list decoded from a query, which may not be UTF-8.
+    ///
+    /// # Errors
+    /// As [`TopicSet::add_bytes`].
+    pub fn add_list_bytes(&mut self, list: &[u8]) -> Result<(), Error> {
+        list.split(|&b| b == b',').try_for_each(|part| self.add_bytes(part))
+    }
+
     /// Adds each topic of a comma-separated list, stopping at the first error.
     ///
     /// # Errors

@@ -1,11 +1,10 @@
 //! `GET /events`: parse the request, subscribe (live first), read history, and start the stream.
 
-use std::borrow::Cow;
-
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 
 use super::body::{EventStream, StreamPermit};
+use super::form;
 use super::{require_method, AppState, ResponseBody};
 use crate::auth::SubscribeGrant;
 use crate::error::Error;
@@ -31,10 +30,12 @@ pub(crate) fn parse_query(
     // One pass, stopping at the first bad topic or the first topic too many.
     let mut topics = TopicSet::new(max_topics);
     let mut from_query = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+    for (key, value) in form::pairs(query.unwrap_or("").as_bytes()) {
         match &*key {
-            "topics" => topics.add_list(&value)?,
-            "lastEventId" if !value.trim().is_empty() => from_query = Some(value),
+            // A topic that is not UTF-8 is a bad topic, not one with U+FFFD in it.
+            b"topics" => topics.add_list_bytes(&value)?,
+            // An id that is not UTF-8 is malformed: still never an error (see Resuming in API.md).
+            b"lastEventId" if !value.trim_ascii().is_empty() => from_query = Some(value),
             _ => {}
         }
     }
@@ -43,7 +44,8 @@ pub(crate) fn parse_query(
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .filter(|v| !v.trim().is_empty());
-    let last_event_id = from_header.or(from_query.map(Cow::into_owned)).map(|v| LastEventId::parse(&v));
+    let from_query = from_query.map(|v| String::from_utf8_lossy(&v).into_owned());
+    let last_event_id = from_header.or(from_query).map(|v| LastEventId::parse(&v));
     Ok(SubscribeQuery { topics, last_event_id })
 }
 
@@ -139,5 +141,10 @@ mod tests {
         assert!(matches!(parse("", None), Err(Error::NoTopic)));
         assert!(matches!(parse("topics=a%20b", None), Err(Error::BadTopic(_))));
         assert!(matches!(parse("topics=a,b,c,d", None), Err(Error::TooManyTopics { .. })));
+        assert!(matches!(parse("topics=a,caf%E9", None), Err(Error::BadTopic(_))));
+        assert!(matches!(
+            parse("topics=a&lastEventId=1-1%FF", None).map(|q| q.last_event_id),
+            Ok(Some(LastEventId::Malformed))
+        ));
     }
 }

@@ -1,11 +1,13 @@
 //! `POST /publish`: read and validate an event (JSON or form), then hand it to the backend.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
-use super::{require_method, AppState, Limits, RequestBody, ResponseBody};
+use super::{form, require_method, AppState, Limits, RequestBody, ResponseBody};
 use crate::backend::NewEvent;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -54,6 +56,17 @@ async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Bytes,
     }
 }
 
+/// A form field's value as text.
+///
+/// # Errors
+/// [`Error::BadRequest`] when it is not UTF-8 (JSON bodies are refused alike).
+fn form_text(field: &str, value: Cow<'_, [u8]>) -> Result<String, Error> {
+    match form::utf8(value) {
+        Ok(text) => Ok(text.into_owned()),
+        Err(_) => Err(Error::BadRequest(format!("the form field {field} is not UTF-8"))),
+    }
+}
+
 /// Parses and validates a publish body into an event.
 fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
     let mut topics = TopicSet::new(limits.max_topics);
@@ -77,11 +90,12 @@ fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent,
         Format::Form => {
             let (mut kind, mut data) = (None, None);
             // Topics are checked as they are read, so a body naming too many stops at the first too many.
-            for (key, value) in form_urlencoded::parse(body) {
+            // Bytes are kept as bytes: a value that is not UTF-8 is refused, never delivered with U+FFFD.
+            for (key, value) in form::pairs(body) {
                 match &*key {
-                    "topic" | "topics" => topics.add(&value)?,
-                    "type" => kind = Some(value.into_owned()),
-                    "data" => data = Some(value.into_owned()),
+                    b"topic" | b"topics" => topics.add_bytes(&value)?,
+                    b"type" => kind = Some(form_text("type", value)?),
+                    b"data" => data = Some(form_text("data", value)?),
                     _ => {}
                 }
             }
@@ -180,5 +194,14 @@ mod tests {
         assert_eq!(e.kind.as_deref(), Some("t"));
         assert_eq!(e.data, "x y");
         assert!(matches!(parse_event(Format::Form, b"topic=a", &limits()), Err(Error::MissingData)));
+    }
+
+    #[test]
+    fn form_values_must_be_utf8() {
+        let form = |body: &[u8]| parse_event(Format::Form, body, &limits());
+        assert!(matches!(form(b"topic=a&data=caf%E9"), Err(Error::BadRequest(_))));
+        assert!(matches!(form(b"topic=a&type=t%FF&data=x"), Err(Error::BadRequest(_))));
+        assert!(matches!(form(b"topic=caf%E9&data=x"), Err(Error::BadTopic(_))));
+        assert_eq!(form(b"topic=a&data=caf%C3%A9&other=%FF").unwrap().data, "café");
     }
 }
