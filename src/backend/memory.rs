@@ -7,15 +7,19 @@
 //!
 //! Memory is bounded twice: each topic keeps at most `--history-size` events (and none older than
 //! `--history-ttl`), and all topics together at most `--max-history-bytes`: past that, the oldest events of
-//! the whole node are evicted first, as if trimmed, and a topic left empty is forgotten. A client resuming on
-//! a forgotten topic from before the newest eviction gets `herald.reset` (`trimmed`), so an eviction is never
-//! silent (it may be spurious for a topic that never had events, which only costs that client a reload).
+//! the whole node are evicted first, as if trimmed. Expiry also goes oldest first across the whole node, on
+//! every publish and every read, from the same id-ordered queue, so it costs what it drops. A topic left
+//! empty (evicted or expired) is forgotten: what stays is, per hash bucket of topic names, the newest id a
+//! forgotten topic lost, so that a client resuming on one from before that id gets `herald.reset`
+//! (`trimmed`) and an eviction or expiry is never silent (the reset may be spurious for a topic that
+//! never had events or that shares the bucket, which only costs that client a reload).
 //!
 //! Nothing survives a restart. Ids are `<ms>-<seq>` from the wall clock, and the first id a process may
 //! issue is `<start ms>-0`: an id below that was issued before this process started, its history is gone,
 //! and the client gets `herald.reset` instead of silence.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,19 +46,28 @@ pub struct MemoryBackend {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+/// Hash buckets of [`State::forgotten`] (64 KiB of ids).
+const FORGOTTEN_BUCKETS: usize = 4096;
+
+#[derive(Debug)]
 struct State {
     last_issued: Option<EventId>,
+    /// Topics that retain at least one event; a topic left empty is forgotten (see `forgotten`).
     topics: HashMap<Topic, TopicHistory>,
-    /// Every retained (topic, id) in publish order, oldest first, for evicting the node's oldest events.
-    /// Entries whose event a topic has already trimmed are stale and skipped; see [`State::compact`].
+    /// Every retained (topic, id) in publish order, which is id order, oldest first: the queue of the
+    /// node's oldest events, for eviction and for expiry. Entries whose event a topic has already trimmed
+    /// are stale and skipped; see [`State::compact`].
     order: VecDeque<(Topic, EventId)>,
     /// Events retained, counted once per topic.
     entries: usize,
     /// The history's size, as [`entry_bytes`] counts it.
     bytes: usize,
-    /// The newest id evicted from a topic that was then forgotten.
-    evicted_through: Option<EventId>,
+    /// What a resume needs of the topics forgotten once empty: per hash bucket of topic names, the newest
+    /// id dropped from a forgotten topic of that bucket ([`EventId::ZERO`]: none). A topic absent from
+    /// `topics` may have lost events up to its bucket's id. The bound is never short, and being shared by
+    /// a bucket's topics it is sometimes long (a spurious `herald.reset`, which costs a client a reload),
+    /// but it stays 64 KiB however many topics come and go.
+    forgotten: Box<[EventId]>,
 }
 
 /// What one retained event costs, counted once per topic: its encoded bytes plus bookkeeping.
@@ -63,32 +76,75 @@ fn entry_bytes(event: &Event) -> usize {
     event.chunk.wire().len() + OVERHEAD
 }
 
+/// The bucket of `topic` in [`State::forgotten`]. The hash is fixed, so the same topic always lands in
+/// the same bucket.
+fn forgotten_bucket(topic: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    topic.hash(&mut hasher);
+    (hasher.finish() % FORGOTTEN_BUCKETS as u64) as usize
+}
+
 impl State {
+    fn new() -> Self {
+        State {
+            last_issued: None,
+            topics: HashMap::new(),
+            order: VecDeque::new(),
+            entries: 0,
+            bytes: 0,
+            forgotten: vec![EventId::ZERO; FORGOTTEN_BUCKETS].into_boxed_slice(),
+        }
+    }
+
+    /// The newest id a forgotten topic named `topic` may have lost, if any.
+    fn forgotten_through(&self, topic: &str) -> Option<EventId> {
+        Some(self.forgotten[forgotten_bucket(topic)]).filter(|id| *id != EventId::ZERO)
+    }
+
     /// Counts the events `trim` removed from a topic.
     fn forget(&mut self, removed: &[Arc<Event>]) {
         self.entries -= removed.len();
         self.bytes -= removed.iter().map(|e| entry_bytes(e)).sum::<usize>();
     }
 
+    /// Drops the entry `(topic, id)` taken from the front of `order`: the event leaves the topic's history
+    /// if it is still its oldest (otherwise the topic's own limit trimmed it already and the entry was
+    /// stale). A topic left empty is forgotten, its trimmed-through id folded into `forgotten`.
+    fn drop_oldest(&mut self, topic: Topic, id: EventId) {
+        let Some(history) = self.topics.get_mut(&topic) else { return };
+        if history.events.front().is_none_or(|e| e.id != id) {
+            return;
+        }
+        if let Some(event) = history.events.pop_front() {
+            history.trimmed_through = Some(id);
+            self.entries -= 1;
+            self.bytes -= entry_bytes(&event);
+        }
+        if history.events.is_empty() {
+            self.topics.remove(&topic);
+            let through = &mut self.forgotten[forgotten_bucket(&topic)];
+            *through = (*through).max(id);
+        }
+    }
+
     /// Evicts the node's oldest events until the history fits in `max_bytes`.
     fn evict(&mut self, max_bytes: usize) {
         while self.bytes > max_bytes {
             let Some((topic, id)) = self.order.pop_front() else { break };
-            let Some(history) = self.topics.get_mut(&topic) else { continue };
-            if history.events.front().is_none_or(|e| e.id != id) {
-                continue; // already trimmed by the topic's own limits
-            }
-            if let Some(event) = history.events.pop_front() {
-                history.trimmed_through = Some(id);
-                self.entries -= 1;
-                self.bytes -= entry_bytes(&event);
-            }
-            if history.events.is_empty() {
-                self.topics.remove(&topic);
-                self.evicted_through = self.evicted_through.max(Some(id));
-            }
+            self.drop_oldest(topic, id);
         }
         self.compact();
+    }
+
+    /// Drops every event older than `cutoff` (`--history-ttl`), from every topic. `order` is in id order,
+    /// so this reads only what it drops (and the stale entries before it), never all the topics.
+    fn expire(&mut self, cutoff: Option<EventId>) {
+        let Some(cutoff) = cutoff else { return };
+        while self.order.front().is_some_and(|(_, id)| *id < cutoff) {
+            if let Some((topic, id)) = self.order.pop_front() {
+                self.drop_oldest(topic, id);
+            }
+        }
     }
 
     /// Drops stale entries from `order` once they outnumber the live ones, so that it stays proportional
@@ -112,16 +168,14 @@ struct TopicHistory {
 }
 
 impl TopicHistory {
-    /// Drops the oldest events beyond `limits.size`, and those older than `cutoff`; returns them.
-    fn trim(&mut self, limits: &HistoryLimits, cutoff: Option<EventId>) -> Vec<Arc<Event>> {
+    /// Drops the oldest events beyond `limits.size`; returns them. (Age is the node's business: see
+    /// [`State::expire`].)
+    fn trim(&mut self, limits: &HistoryLimits) -> Vec<Arc<Event>> {
         let mut removed = Vec::new();
-        while let Some(oldest) = self.events.front() {
-            let expired = cutoff.is_some_and(|cutoff| oldest.id < cutoff);
-            if self.events.len() <= limits.size && !expired {
-                break;
-            }
+        while self.events.len() > limits.size {
+            let Some(oldest) = self.events.pop_front() else { break };
             self.trimmed_through = Some(oldest.id);
-            removed.extend(self.events.pop_front());
+            removed.push(oldest);
         }
         removed
     }
@@ -141,7 +195,7 @@ impl MemoryBackend {
             epoch: EventId::new(now_ms(), 0),
             max_bytes: usize::MAX,
             metrics,
-            state: Mutex::default(),
+            state: Mutex::new(State::new()),
         }
     }
 
@@ -164,22 +218,23 @@ impl Backend for MemoryBackend {
     }
 
     async fn publish(&self, event: NewEvent) -> Result<EventId, Error> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
         let now = now_ms();
+        state.expire(self.history.cutoff(now));
         let id = state.last_issued.unwrap_or(self.epoch).next(now);
-        let cutoff = self.history.cutoff(now);
         state.last_issued = Some(id);
         let event = Arc::new(Event::new(id, event.topics.into(), event.kind.as_deref(), &event.data));
         let size = entry_bytes(&event);
         for topic in event.topics.iter() {
-            // A topic forgotten after an eviction starts out "trimmed" through it: events may be missing.
-            let evicted_through = state.evicted_through;
+            // A topic forgotten before starts out "trimmed" through what it may have lost.
+            let forgotten = state.forgotten_through(topic);
             let history = state
                 .topics
                 .entry(topic.clone())
-                .or_insert_with(|| TopicHistory { trimmed_through: evicted_through, ..TopicHistory::default() });
+                .or_insert_with(|| TopicHistory { trimmed_through: forgotten, ..TopicHistory::default() });
             history.events.push_back(event.clone());
-            let removed = history.trim(&self.history, cutoff);
+            let removed = history.trim(&self.history);
             state.order.push_back((topic.clone(), id));
             state.entries += 1;
             state.bytes += size;
@@ -197,25 +252,24 @@ impl Backend for MemoryBackend {
 
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Expire by age here too: a node nobody publishes to expires only when read.
+        state.expire(self.history.cutoff(now_ms()));
+        state.compact();
         let (after, mut reset) = judge_last_id(last, self.epoch, state.last_issued, topics);
-        let cutoff = self.history.cutoff(now_ms());
         let mut events = Vec::new();
         let mut trimmed = Vec::new();
         for topic in topics {
-            let Some(history) = state.topics.get_mut(topic) else {
-                if state.evicted_through.is_some_and(|t| t > after) {
+            let Some(history) = state.topics.get(topic) else {
+                if state.forgotten_through(topic).is_some_and(|t| t > after) {
                     trimmed.push(topic.clone());
                 }
                 continue;
             };
-            // Expire by age here too: a topic nobody publishes to is trimmed only when read.
-            let removed = history.trim(&self.history, cutoff);
             if history.trimmed_through.is_some_and(|t| t > after) {
                 trimmed.push(topic.clone());
             }
             let start = history.events.partition_point(|e| e.id <= after);
             events.extend(history.events.range(start..).cloned());
-            state.forget(&removed);
         }
         self.metrics.history_bytes.store(state.bytes as u64, std::sync::atomic::Ordering::Relaxed);
         drop(state);
@@ -309,6 +363,45 @@ mod tests {
         assert_eq!(ids(&r), [third]);
     }
 
+    /// Issue 7, defect 3: a topic whose events had all expired stayed in the map for ever.
+    #[tokio::test]
+    async fn expired_topics_are_forgotten_and_still_reported() {
+        let ttl = std::time::Duration::from_millis(50);
+        let b = MemoryBackend::new(HistoryLimits { size: 10, ttl: Some(ttl) }, 64, Arc::default());
+        let names: Vec<Topic> = (0..1000).map(|i| Topic::from(format!("t{i}"))).collect();
+        let mut sent = Vec::new();
+        for topic in &names {
+            sent.push(publish(&b, &[topic]).await);
+        }
+        tokio::time::sleep(ttl * 2).await;
+        let fresh = publish(&b, &["fresh"]).await;
+        {
+            let state = b.state.lock().unwrap();
+            assert_eq!(state.topics.len(), 1, "topics kept after their events expired");
+            assert!(state.topics.contains_key("fresh"));
+            assert_eq!((state.entries, state.order.len()), (1, 1));
+            assert_eq!(state.bytes, entry_bytes(&state.topics["fresh"].events[0]));
+        }
+        // A client from before the expiry is told, on every topic that lost an event it had not seen...
+        let r = b.replay(&names[1..], LastEventId::Id(sent[0])).await.unwrap();
+        assert_eq!(r.reset, Some(Reset { topics: names[1..].to_vec(), reason: "trimmed" }));
+        assert!(r.events.is_empty());
+        // ...and a client that had seen them all lost nothing.
+        let r = b.replay(&names, LastEventId::Id(sent[999])).await.unwrap();
+        assert_eq!(r.reset, None);
+        let mut all = names.clone();
+        all.push("fresh".into());
+        let r = b.replay(&all, LastEventId::Id(sent[999])).await.unwrap();
+        assert_eq!((&r.reset, ids(&r)), (&None, vec![fresh]));
+        // Reading sweeps too: with no publish, the last topic expires and is forgotten.
+        tokio::time::sleep(ttl * 2).await;
+        let r = b.replay(&["fresh".into()], LastEventId::Id(sent[999])).await.unwrap();
+        assert_eq!(r.reset.map(|r| r.topics), Some(vec!["fresh".into()]));
+        let state = b.state.lock().unwrap();
+        assert!(state.topics.is_empty() && state.order.is_empty());
+        assert_eq!((state.entries, state.bytes), (0, 0));
+    }
+
     #[tokio::test]
     async fn fresh_backend_knows_no_id() {
         let b = backend(2);
@@ -341,12 +434,17 @@ mod tests {
         // A topic evicted entirely is forgotten, and still reported to a client from before the eviction.
         let c = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default())
             .with_max_bytes(one + one / 2);
+        let first = publish(&c, &["first"]).await;
         let old = publish(&c, &["old"]).await;
         let before = publish(&c, &["x"]).await;
         let _ = publish(&c, &["y"]).await;
         assert!(!c.state.lock().unwrap().topics.contains_key("old"));
-        let r = c.replay(&["old".into()], LastEventId::Id(old)).await.unwrap();
+        let r = c.replay(&["old".into()], LastEventId::Id(first)).await.unwrap();
         assert_eq!(r.reset.map(|r| r.reason), Some("trimmed"));
+        // A client that had seen all of it lost nothing (other forgotten topics do not count, unless their
+        // names share a hash bucket).
+        let r = c.replay(&["old".into()], LastEventId::Id(old)).await.unwrap();
+        assert_eq!(r.reset, None);
         // ...also when it comes back with new events: `before` was evicted from it, unseen by a client at `old`.
         let again = publish(&c, &["x"]).await;
         let r = c.replay(&["x".into()], LastEventId::Id(old)).await.unwrap();
