@@ -18,6 +18,7 @@
 //! issue is `<start ms>-0`: an id below that was issued before this process started, its history is gone,
 //! and the client gets `herald.reset` instead of silence.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,7 +41,7 @@ pub struct MemoryBackend {
     history: HistoryLimits,
     /// The first id this process may issue; older ids are from before a restart.
     epoch: EventId,
-    /// The bound on all topics' history together, in (approximate) bytes.
+    /// The bound on all topics' history together, in bytes as [`State::held`] counts them.
     max_bytes: usize,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -60,7 +61,8 @@ struct State {
     order: VecDeque<(Topic, EventId)>,
     /// Events retained, counted once per topic.
     entries: usize,
-    /// The history's size, as [`entry_bytes`] counts it.
+    /// What the retained events and the topics themselves hold, as [`entry_bytes`] and
+    /// [`TopicHistory::own_bytes`] count it; [`State::held`] adds the tables.
     bytes: usize,
     /// What a resume needs of the topics forgotten once empty: per hash bucket of topic names, the newest
     /// id dropped from a forgotten topic of that bucket ([`EventId::ZERO`]: none). A topic absent from
@@ -70,10 +72,39 @@ struct State {
     forgotten: Box<[EventId]>,
 }
 
-/// What one retained event costs, counted once per topic: its encoded bytes plus bookkeeping.
+// What the history holds, counted as the allocator hands it out: `--max-history-bytes` bounds memory, so
+// everything that grows with the history counts, with its real size. Topic names are interned (the map's
+// key is the one copy, shared by the topic's events and `order` entries) and counted once per topic.
+
+/// What the allocator takes for an `n`-byte allocation (glibc malloc: an 8-byte header, 16-byte
+/// granules, 32 bytes at least).
+fn heap(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    (n + 8).next_multiple_of(16).max(32)
+}
+
+/// Reference counts in front of the value of an `Arc`.
+const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+/// The `Shared` block `bytes` allocates for a buffer split after it was written (an `sse::Chunk`).
+const BYTES_SHARED: usize = 5 * std::mem::size_of::<usize>();
+/// Room a chunk's buffer keeps beyond its wire bytes: the unused part of the reserved chunk-size line.
+const CHUNK_SLACK: usize = 8;
+
+/// What one event holds, once however many topics retain it: the `Arc<Event>`, its topic list, and its
+/// encoded bytes.
+fn event_bytes(event: &Event) -> usize {
+    heap(ARC_HEADER + std::mem::size_of::<Event>())
+        + heap(std::mem::size_of_val::<[Topic]>(&event.topics))
+        + heap(event.chunk.wire().len() + CHUNK_SLACK)
+        + heap(BYTES_SHARED)
+}
+
+/// One topic's share of a retained event: [`event_bytes`] split between the event's topics, so that the
+/// event is counted once in all (rounded up) and each topic's trim or eviction gives back its share.
 fn entry_bytes(event: &Event) -> usize {
-    const OVERHEAD: usize = 96;
-    event.chunk.wire().len() + OVERHEAD
+    event_bytes(event).div_ceil(event.topics.len().max(1))
 }
 
 /// The bucket of `topic` in [`State::forgotten`]. The hash is fixed, so the same topic always lands in
@@ -101,6 +132,17 @@ impl State {
         Some(self.forgotten[forgotten_bucket(topic)]).filter(|id| *id != EventId::ZERO)
     }
 
+    /// What the history holds in all: [`State::bytes`] plus the buffers of the topic map and the `order`
+    /// queue, at their capacity. (The forgotten topics' buckets, a fixed 64 KiB, are not history.)
+    fn held(&self) -> usize {
+        let slot = std::mem::size_of::<(Topic, TopicHistory)>() + 1; // hashbrown: one control byte a slot
+        let map = match self.topics.capacity() {
+            0 => 0,
+            capacity => heap((capacity * 8 / 7).next_power_of_two() * slot),
+        };
+        self.bytes + map + heap(self.order.capacity() * std::mem::size_of::<(Topic, EventId)>())
+    }
+
     /// Counts the events `trim` removed from a topic.
     fn forget(&mut self, removed: &[Arc<Event>]) {
         self.entries -= removed.len();
@@ -115,23 +157,32 @@ impl State {
         if history.events.front().is_none_or(|e| e.id != id) {
             return;
         }
+        let own = history.own_bytes(&topic);
         if let Some(event) = history.events.pop_front() {
             history.trimmed_through = Some(id);
             self.entries -= 1;
             self.bytes -= entry_bytes(&event);
         }
         if history.events.is_empty() {
+            self.bytes -= own;
             self.topics.remove(&topic);
             let through = &mut self.forgotten[forgotten_bucket(&topic)];
             *through = (*through).max(id);
+            if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
+                self.topics.shrink_to(self.topics.len() * 2);
+            }
+        } else {
+            history.shrink();
+            self.bytes = self.bytes - own + history.own_bytes(&topic);
         }
     }
 
     /// Evicts the node's oldest events until the history fits in `max_bytes`.
     fn evict(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
+        while self.held() > max_bytes {
             let Some((topic, id)) = self.order.pop_front() else { break };
             self.drop_oldest(topic, id);
+            self.shrink_order();
         }
         self.compact();
     }
@@ -145,6 +196,7 @@ impl State {
                 self.drop_oldest(topic, id);
             }
         }
+        self.shrink_order();
     }
 
     /// Drops stale entries from `order` once they outnumber the live ones, so that it stays proportional
@@ -157,6 +209,15 @@ impl State {
         self.order.retain(|(topic, id)| {
             topics.get(topic).is_some_and(|h| h.events.front().is_some_and(|front| front.id <= *id))
         });
+        self.shrink_order();
+    }
+
+    /// Gives back most of `order`'s buffer once it is mostly empty (halving at most once per as many pops
+    /// as it keeps, so shrinking costs O(1) a pop).
+    fn shrink_order(&mut self) {
+        if self.order.capacity() > 1024 && self.order.len() * 4 < self.order.capacity() {
+            self.order.shrink_to(self.order.len() * 2);
+        }
     }
 }
 
@@ -168,6 +229,19 @@ struct TopicHistory {
 }
 
 impl TopicHistory {
+    /// What the topic holds besides its share of its events: its name (one copy, see
+    /// [`MemoryBackend::publish`]) and its queue's buffer. (Its slot in the map is counted with the map.)
+    fn own_bytes(&self, name: &str) -> usize {
+        heap(ARC_HEADER + name.len()) + heap(self.events.capacity() * std::mem::size_of::<Arc<Event>>())
+    }
+
+    /// Gives back most of the queue's buffer once it is mostly empty.
+    fn shrink(&mut self) {
+        if self.events.capacity() > 16 && self.events.len() * 4 < self.events.capacity() {
+            self.events.shrink_to(self.events.len() * 2);
+        }
+    }
+
     /// Drops the oldest events beyond `limits.size`; returns them. (Age is the node's business: see
     /// [`State::expire`].)
     fn trim(&mut self, limits: &HistoryLimits) -> Vec<Arc<Event>> {
@@ -224,24 +298,37 @@ impl Backend for MemoryBackend {
         state.expire(self.history.cutoff(now));
         let id = state.last_issued.unwrap_or(self.epoch).next(now);
         state.last_issued = Some(id);
-        let event = Arc::new(Event::new(id, event.topics.into(), event.kind.as_deref(), &event.data));
-        let size = entry_bytes(&event);
+        // One copy of each topic name: a topic the map knows lends the event its key.
+        let topics: Box<[Topic]> = event
+            .topics
+            .into_iter()
+            .map(|t| state.topics.get_key_value(&t).map_or(t, |(key, _)| key.clone()))
+            .collect();
+        let event = Arc::new(Event::new(id, topics, event.kind.as_deref(), &event.data));
+        let share = entry_bytes(&event);
         for topic in event.topics.iter() {
             // A topic forgotten before starts out "trimmed" through what it may have lost.
             let forgotten = state.forgotten_through(topic);
-            let history = state
-                .topics
-                .entry(topic.clone())
-                .or_insert_with(|| TopicHistory { trimmed_through: forgotten, ..TopicHistory::default() });
+            let (history, own_before) = match state.topics.entry(topic.clone()) {
+                Entry::Occupied(known) => {
+                    let history = known.into_mut();
+                    let own = history.own_bytes(topic);
+                    (history, own)
+                }
+                Entry::Vacant(new) => {
+                    (new.insert(TopicHistory { trimmed_through: forgotten, ..TopicHistory::default() }), 0)
+                }
+            };
             history.events.push_back(event.clone());
             let removed = history.trim(&self.history);
+            let own_after = history.own_bytes(topic);
             state.order.push_back((topic.clone(), id));
             state.entries += 1;
-            state.bytes += size;
+            state.bytes = state.bytes + share + own_after - own_before;
             state.forget(&removed);
         }
         state.evict(self.max_bytes);
-        self.metrics.history_bytes.store(state.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.store(state.held() as u64, std::sync::atomic::Ordering::Relaxed);
         self.hub.dispatch(&event);
         Ok(id)
     }
@@ -271,7 +358,7 @@ impl Backend for MemoryBackend {
             let start = history.events.partition_point(|e| e.id <= after);
             events.extend(history.events.range(start..).cloned());
         }
-        self.metrics.history_bytes.store(state.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.store(state.held() as u64, std::sync::atomic::Ordering::Relaxed);
         drop(state);
         if reset.is_none() && !trimmed.is_empty() {
             reset = Some(Reset { topics: trimmed, reason: "trimmed" });
@@ -380,7 +467,8 @@ mod tests {
             assert_eq!(state.topics.len(), 1, "topics kept after their events expired");
             assert!(state.topics.contains_key("fresh"));
             assert_eq!((state.entries, state.order.len()), (1, 1));
-            assert_eq!(state.bytes, entry_bytes(&state.topics["fresh"].events[0]));
+            let fresh = &state.topics["fresh"];
+            assert_eq!(state.bytes, entry_bytes(&fresh.events[0]) + fresh.own_bytes("fresh"));
         }
         // A client from before the expiry is told, on every topic that lost an event it had not seen...
         let r = b.replay(&names[1..], LastEventId::Id(sent[0])).await.unwrap();
@@ -411,18 +499,23 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_bound_evicts_the_oldest_events_and_says_so() {
-        // The size of one event as published here (ids of today's length).
-        let one = entry_bytes(&Event::new(EventId::new(now_ms(), 10), Box::new(["t".into()]), None, "d"));
+        // What ten events on four topics hold, counted on a backend without a bound.
+        let unbounded = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default());
+        for i in 0..10 {
+            publish(&unbounded, &[&format!("t{}", i % 4)]).await;
+        }
+        let ten = unbounded.state.lock().unwrap().held();
         // Room for about ten events in all; each topic alone could keep a hundred.
-        let b = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default()).with_max_bytes(10 * one);
+        let b = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default()).with_max_bytes(ten);
         let mut published = Vec::new();
         for i in 0..40 {
             published.push(publish(&b, &[&format!("t{}", i % 4)]).await);
+            assert!(counted(&b) <= ten as u64, "{} bytes held, bound {ten}", counted(&b));
         }
         {
             let state = b.state.lock().unwrap();
-            assert!(state.bytes <= 10 * one, "{} bytes retained, bound {}", state.bytes, 10 * one);
-            assert!(state.entries >= 9, "evicted more than needed: {} left", state.entries);
+            assert_eq!(state.held() as u64, counted(&b));
+            assert!(state.entries >= 8, "evicted more than needed: {} left", state.entries);
             assert!(state.order.len() <= 2 * state.entries + 1024);
         }
         // t0's oldest events are gone: resuming from its first id is a reset; from the last id, nothing.
@@ -432,8 +525,11 @@ mod tests {
         let r = b.replay(&t0, LastEventId::Id(published[36])).await.unwrap();
         assert!(r.reset.is_none() && r.events.is_empty(), "{r:?}");
         // A topic evicted entirely is forgotten, and still reported to a client from before the eviction.
+        let unbounded = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default());
+        publish(&unbounded, &["a"]).await;
+        let one = unbounded.state.lock().unwrap().held();
         let c = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default())
-            .with_max_bytes(one + one / 2);
+            .with_max_bytes(one + one / 4);
         let first = publish(&c, &["first"]).await;
         let old = publish(&c, &["old"]).await;
         let before = publish(&c, &["x"]).await;
@@ -456,6 +552,45 @@ mod tests {
         assert_eq!(ids(&r), [again]);
     }
 
+    /// What the backend reports as held (`herald_history_bytes`).
+    fn counted(b: &MemoryBackend) -> u64 {
+        b.metrics.history_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Issue 7, defect 9: topic names were not counted at all, and every event held its own copy of each.
+    #[tokio::test]
+    async fn topic_names_are_counted_and_shared() {
+        let mut held = Vec::new();
+        for width in [1, 256] {
+            let b = backend(10);
+            for i in 0..100 {
+                publish(&b, &[&format!("{i:0>width$}")]).await;
+            }
+            held.push(counted(&b));
+        }
+        assert!(
+            held[1] >= held[0] + 100 * 250,
+            "100 topics of 256 bytes counted {} bytes, of 1-2 bytes {}",
+            held[1],
+            held[0]
+        );
+        // One copy of a name, however many events the topic keeps: the map's key, shared by every event
+        // and entry of the topic. A second event costs as much on long names as on short ones.
+        let mut second = Vec::new();
+        for name in ["n".repeat(256), "n".into()] {
+            let b = backend(10);
+            publish(&b, &[&name, "other"]).await;
+            let one = counted(&b);
+            publish(&b, &[&name, "other"]).await;
+            second.push(counted(&b) - one);
+            let state = b.state.lock().unwrap();
+            let (key, history) = state.topics.get_key_value(name.as_str()).unwrap();
+            assert!(history.events.iter().all(|e| e.topics.iter().any(|t| Arc::ptr_eq(t, key))));
+            assert!(state.order.iter().all(|(t, _)| Arc::ptr_eq(t, key) || &**t == "other"));
+        }
+        assert_eq!(second[0], second[1], "a second event on a long topic counted more than on a short one");
+    }
+
     #[tokio::test]
     async fn stale_order_entries_stay_proportional() {
         let b = backend(3);
@@ -465,6 +600,7 @@ mod tests {
         let state = b.state.lock().unwrap();
         assert_eq!(state.entries, 3);
         assert!(state.order.len() <= 2 * state.entries + 1024, "order holds {}", state.order.len());
-        assert_eq!(state.bytes, 3 * entry_bytes(&state.topics["hot"].events[0]));
+        let hot = &state.topics["hot"];
+        assert_eq!(state.bytes, 3 * entry_bytes(&hot.events[0]) + hot.own_bytes("hot"));
     }
 }
