@@ -7,6 +7,7 @@
 //! was sent.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap};
@@ -14,7 +15,6 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::{Config, ConfigError};
 use crate::error::Error;
 use crate::topic::Topic;
 
@@ -130,24 +130,53 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// What authentication is made from: the flags that concern it, gathered by the configuration
+/// ([`crate::Config::auth`]) so that this module needs nothing else of it.
+#[derive(Clone, Default)]
+pub struct AuthSettings {
+    /// `--jwt-secret`: verify HS256/384/512 tokens with this shared secret.
+    pub jwt_secret: Option<String>,
+    /// `--jwt-public-key`: verify RS256 or ES256 tokens with the PEM public key in this file.
+    pub jwt_public_key: Option<PathBuf>,
+    /// `--public-topic`: patterns of the topics anyone may subscribe to.
+    pub public_topics: Vec<String>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret stays out of debug output.
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "…"))
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("public_topics", &self.public_topics)
+            .finish()
+    }
+}
+
+/// Why [`AuthSettings`] cannot be used: a message naming the flag and what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
 impl Auth {
-    /// Makes the authenticator the configuration asks for: `None` when no key is configured (open mode).
+    /// Makes the authenticator the settings ask for: `None` when no key is configured (open mode).
     ///
     /// # Errors
-    /// A [`ConfigError`] when the key cannot be used or the flags contradict each other.
-    pub fn from_config(config: &Config) -> Result<Option<Auth>, ConfigError> {
-        let public = config
-            .public_topic
+    /// A [`SettingsError`] when the key cannot be used or the flags contradict each other.
+    pub fn new(settings: &AuthSettings) -> Result<Option<Auth>, SettingsError> {
+        let invalid = SettingsError;
+        let public = settings
+            .public_topics
             .iter()
             .map(|p| Pattern::parse_flag(p))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::Invalid)?;
-        let (key, algorithms) = match (&config.jwt_secret, &config.jwt_public_key) {
+            .map_err(invalid)?;
+        let (key, algorithms) = match (&settings.jwt_secret, &settings.jwt_public_key) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid("give --jwt-secret or --jwt-public-key, not both".into()));
+                return Err(invalid("give --jwt-secret or --jwt-public-key, not both".into()));
             }
             (None, None) if !public.is_empty() => {
-                return Err(ConfigError::Invalid(
+                return Err(invalid(
                     "--public-topic needs authentication (--jwt-secret or --jwt-public-key): without it every \
                      topic is open"
                         .into(),
@@ -156,19 +185,18 @@ impl Auth {
             (None, None) => return Ok(None),
             (Some(secret), None) => {
                 if secret.is_empty() {
-                    return Err(ConfigError::Invalid("--jwt-secret is empty".into()));
+                    return Err(invalid("--jwt-secret is empty".into()));
                 }
                 let key = DecodingKey::from_secret(secret.as_bytes());
                 (key, vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512])
             }
             (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError::Invalid(format!("--jwt-public-key {}: cannot read: {e}", path.display()))
-                })?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid(format!("--jwt-public-key {}: cannot read: {e}", path.display())))?;
                 // jsonwebtoken would also take an RSA private key here and then verify nothing.
                 let label = String::from_utf8_lossy(&pem);
                 if !label.contains("-----BEGIN PUBLIC KEY-----") && !label.contains("-----BEGIN RSA PUBLIC KEY-----") {
-                    return Err(ConfigError::Invalid(format!(
+                    return Err(invalid(format!(
                         "--jwt-public-key {}: not a PEM public key (BEGIN PUBLIC KEY); a private key belongs with \
                          the token issuer only",
                         path.display()
@@ -179,7 +207,7 @@ impl Auth {
                 } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                     (key, vec![Algorithm::ES256, Algorithm::ES384])
                 } else {
-                    return Err(ConfigError::Invalid(format!(
+                    return Err(invalid(format!(
                         "--jwt-public-key {}: not a PEM RSA or EC (P-256) public key",
                         path.display()
                     )));
