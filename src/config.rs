@@ -223,6 +223,7 @@ impl Config {
             jwt_secret: self.jwt_secret.clone(),
             jwt_public_key: self.jwt_public_key.clone(),
             public_topics: self.public_topic.clone(),
+            cookie_origins: self.cors_origin.iter().filter(|o| o.trim() != "*").cloned().collect(),
         }
     }
 

@@ -119,7 +119,7 @@ pub(super) async fn publish<B: RequestBody>(
     require_method(req.method(), &[Method::POST], "POST")?;
     // Who is publishing is settled before the body is read; what they may publish to, after.
     let grant = match &state.auth {
-        Some(auth) => Some(auth.authenticate_publisher(req.headers(), req.uri().query())?),
+        Some(auth) => Some(auth.authenticate_publisher(req.headers(), req.uri())?),
         None => None,
     };
     let format = format_of(&req)?;
