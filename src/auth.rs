@@ -91,8 +91,11 @@ fn covered(patterns: &[Pattern], topic: &str) -> bool {
 struct Claims {
     #[serde(default)]
     herald: Grants,
+    /// NumericDates (RFC 7519): seconds since the epoch, possibly with a fraction.
     #[serde(default)]
     exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
 }
 
 /// The `herald` claim.
@@ -230,9 +233,11 @@ impl Auth {
         };
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
+        // `exp` and `nbf` are checked in `verify_token`: jsonwebtoken reads them as whole seconds only, and
+        // would refuse a NumericDate with a fraction as malformed.
         validation.leeway = 0;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::new();
         let cookie_origins = settings.cookie_origins.iter().map(|o| normalise_origin(o)).collect();
@@ -332,8 +337,6 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(raw, &self.key, &self.validation).map_err(|e| {
             Error::Unauthorized(
                 match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token's signature does not verify",
                     ErrorKind::InvalidAlgorithm => "the token's algorithm is not the configured key's",
                     _ => "the token is malformed",
@@ -341,16 +344,18 @@ impl Auth {
                 .into(),
             )
         })?;
-        let expires = data
-            .claims
-            .exp
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs_f64(s.min(1e15))));
-        // jsonwebtoken compares whole seconds and accepts `exp == now`; a token is over at its `exp`.
-        if expires.is_some_and(|at| at <= SystemTime::now()) {
+        // No leeway: a token is valid from its `nbf` and over at its `exp`.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        if data.claims.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(Error::Unauthorized("the token is not valid yet (nbf)".into()));
+        }
+        let Claims { herald, exp, .. } = data.claims;
+        if exp.is_some_and(|exp| exp <= now) {
             return Err(Error::Unauthorized("the token has expired".into()));
         }
-        Ok(Token { grants: data.claims.herald, expires })
+        // In the future, so positive; beyond any real date it only needs to be far.
+        let expires = exp.map(|exp| UNIX_EPOCH + Duration::from_secs_f64(exp.min(1e15)));
+        Ok(Token { grants: herald, expires })
     }
 }
 

@@ -451,6 +451,38 @@ async fn nbf_is_enforced_and_aud_iss_are_ignored() {
     stream_ok(addr, &["doc/1"], "", &[("Authorization", &auth)], "aud/iss/sub present").await;
 }
 
+/// Issue 7: RFC 7519 makes `exp` and `nbf` NumericDates, which may have a fraction; such tokens were
+/// refused as malformed. They are judged by their value now, still with no leeway.
+#[tokio::test]
+async fn fractional_exp_and_nbf_are_dates() {
+    let server = start_hs(&[]);
+    let addr = server.addr();
+    let with = |claim: &str, value: Value| {
+        let mut c = claims(&["doc/*"], &["doc/*"]);
+        c[claim] = value;
+        bearer(&hs(&c))
+    };
+    let ok = [
+        ("exp in a minute and a half", with("exp", json!(now_f64() + 90.5))),
+        ("nbf 10.25 s ago", with("nbf", json!(now_f64() - 10.25))),
+    ];
+    for (what, auth) in &ok {
+        stream_ok(addr, &["doc/1"], "", &[("Authorization", auth)], what).await;
+        published_id(&publish_with(addr, &[("Authorization", auth)], "", &["doc/1"], "x").await, what);
+    }
+    let refused = [
+        ("exp 1.5 s ago", with("exp", json!(now_f64() - 1.5))),
+        ("nbf in a minute and a half", with("nbf", json!(now_f64() + 90.5))),
+        ("negative exp", with("exp", json!(-1.5))),
+        ("exp as a string", with("exp", json!("4102444800"))),
+        ("nbf as a string", with("nbf", json!("0"))),
+    ];
+    for (what, auth) in &refused {
+        events_401(addr, &["doc/1"], "", &[("Authorization", auth)], what).await;
+        assert_401(&publish_with(addr, &[("Authorization", auth)], "", &["doc/1"], "x").await, true, what);
+    }
+}
+
 #[tokio::test]
 async fn subscribe_patterns_exact_prefix_and_star() {
     let server = start_hs(&[]);
