@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::auth::{Auth, AuthSettings};
+
 /// Herald: real-time notifications over Server-Sent Events, with resumable history.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald", version, about, long_about = None)]
@@ -183,7 +185,7 @@ impl Config {
     /// A [`ConfigError`] saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Reads and checks the key now, so that a bad one stops start-up with a clear message.
-        let auth = crate::auth::Auth::from_config(self)?;
+        let auth = self.auth()?;
         if auth.is_none() && !self.listen.ip().is_loopback() && !self.allow_open {
             return Err(ConfigError::OpenOnPublicAddress(self.listen));
         }
@@ -234,6 +236,24 @@ impl Config {
             let dir = self.static_dir.as_deref().unwrap_or_default();
             ConfigError::Invalid(format!("--static-dir {dir:?}: {e} (give a folder, or '' to serve none)"))
         })
+    }
+
+    /// The flags that concern authentication.
+    pub fn auth_settings(&self) -> AuthSettings {
+        AuthSettings {
+            jwt_secret: self.jwt_secret.clone(),
+            jwt_public_key: self.jwt_public_key.clone(),
+            public_topics: self.public_topic.clone(),
+            cookie_origins: self.cors_origin.iter().filter(|o| o.trim() != "*").cloned().collect(),
+        }
+    }
+
+    /// The authenticator these flags ask for: `None` in open mode.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the key cannot be used or the flags contradict each other.
+    pub fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        Auth::new(&self.auth_settings()).map_err(|e| ConfigError::Invalid(e.0))
     }
 
     /// Whether authentication is on: a key is configured.

@@ -15,9 +15,9 @@ pub enum Error {
     #[error("bad topic {0:?}: a topic is 1 to 256 bytes of printable ASCII other than space , * ? #")]
     BadTopic(String),
     /// More distinct topics than allowed.
-    #[error("{count} topics given, at most {max} allowed")]
+    #[error("more than {max} distinct topics given, at most {max} allowed")]
     TooManyTopics {
-        /// Distinct topics in the request.
+        /// Distinct topics counted when the request was refused: `max + 1`, as reading stops there.
         count: usize,
         /// The configured maximum.
         max: usize,
@@ -54,6 +54,10 @@ pub enum Error {
     /// A valid token that does not allow one of the topics.
     #[error("{0}")]
     Forbidden(String),
+    /// A publish authenticated by the `herald_token` cookie from a page that may not use it (another
+    /// site's form, say): cross-site request forgery.
+    #[error("{0}")]
+    CrossSiteRequest(String),
     /// The method is not served on this path.
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed {
@@ -93,7 +97,7 @@ impl Error {
             Error::EventTooLarge { .. } | Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::CrossSiteRequest(_) => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -118,6 +122,7 @@ impl Error {
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::CrossSiteRequest(_) => "cross_site_request",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::NotFound => "not_found",
             Error::RequestTimeout => "request_timeout",

@@ -1,6 +1,7 @@
 //! Topics and event types: validation, and parsing of the `topics` query parameter.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -30,28 +31,98 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
     }
 }
 
+/// Distinct, valid topics in first-seen order, at most `max` of them.
+///
+/// Every parse of client input goes through it, so that a request naming many topics costs time in
+/// proportion to its length, and is refused as soon as it names one distinct topic too many: the rest of
+/// the request is not even looked at.
+#[derive(Debug)]
+pub struct TopicSet {
+    topics: Vec<Topic>,
+    seen: HashSet<Topic>,
+    max: usize,
+}
+
+impl TopicSet {
+    /// An empty set that holds at most `max` distinct topics.
+    pub fn new(max: usize) -> Self {
+        TopicSet { topics: Vec::new(), seen: HashSet::new(), max }
+    }
+
+    /// Adds one topic (commas are not separators here: a comma is a bad topic); a duplicate is merged.
+    ///
+    /// # Errors
+    /// [`Error::BadTopic`] for an invalid topic, [`Error::TooManyTopics`] for the first distinct topic
+    /// past the maximum.
+    pub fn add(&mut self, topic: &str) -> Result<(), Error> {
+        validate_topic(topic)?;
+        if self.seen.contains(topic) {
+            return Ok(());
+        }
+        if self.topics.len() >= self.max {
+            return Err(Error::TooManyTopics { count: self.topics.len() + 1, max: self.max });
+        }
+        let topic = Topic::from(topic);
+        self.seen.insert(topic.clone());
+        self.topics.push(topic);
+        Ok(())
+    }
+
+    /// [`TopicSet::add`] for a topic decoded from a form or a query, which may not be UTF-8 (then it is a
+    /// bad topic, like any other byte that is not printable ASCII).
+    ///
+    /// # Errors
+    /// As [`TopicSet::add`].
+    pub fn add_bytes(&mut self, topic: &[u8]) -> Result<(), Error> {
+        match std::str::from_utf8(topic) {
+            Ok(topic) => self.add(topic),
+            Err(_) => Err(Error::BadTopic(shorten(&String::from_utf8_lossy(topic)))),
+        }
+    }
+
+    /// [`TopicSet::add_list`] for a list decoded from a query, which may not be UTF-8.
+    ///
+    /// # Errors
+    /// As [`TopicSet::add_bytes`].
+    pub fn add_list_bytes(&mut self, list: &[u8]) -> Result<(), Error> {
+        list.split(|&b| b == b',').try_for_each(|part| self.add_bytes(part))
+    }
+
+    /// Adds each topic of a comma-separated list, stopping at the first error.
+    ///
+    /// # Errors
+    /// As [`TopicSet::add`]; an empty entry (`a,,b`, a trailing comma) is a bad topic.
+    pub fn add_list(&mut self, list: &str) -> Result<(), Error> {
+        list.split(',').try_for_each(|part| self.add(part))
+    }
+
+    /// The topics, in first-seen order.
+    ///
+    /// # Errors
+    /// [`Error::NoTopic`] when there is none.
+    pub fn finish(self) -> Result<Vec<Topic>, Error> {
+        if self.topics.is_empty() {
+            return Err(Error::NoTopic);
+        }
+        Ok(self.topics)
+    }
+}
+
 /// Collects topics from several values (each a comma-separated list), validates each, merges
-/// duplicates (keeping first-seen order) and enforces `max`.
+/// duplicates (keeping first-seen order) and enforces `max`, reading no further than the first error.
 ///
 /// # Errors
 /// [`Error::NoTopic`] when there is none, [`Error::BadTopic`] for an invalid or empty entry,
-/// [`Error::TooManyTopics`] when more than `max` distinct topics remain.
+/// [`Error::TooManyTopics`] as soon as more than `max` distinct topics were given.
 pub fn parse_topic_lists<'a, I>(values: I, max: usize) -> Result<Vec<Topic>, Error>
 where
     I: IntoIterator<Item = Cow<'a, str>>,
 {
-    let mut topics: Vec<Topic> = Vec::new();
-    let mut seen_any = false;
+    let mut topics = TopicSet::new(max);
     for value in values {
-        seen_any = true;
-        for part in value.split(',') {
-            validate_topic(part)?;
-            if !topics.iter().any(|t| &**t == part) {
-                topics.push(Arc::from(part));
-            }
-        }
+        topics.add_list(&value)?;
     }
-    check_count(topics, seen_any, max)
+    topics.finish()
 }
 
 /// Validates a list of single topics (the publish body's `topic`/`topics`), merging duplicates.
@@ -63,26 +134,11 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let mut topics: Vec<Topic> = Vec::new();
+    let mut topics = TopicSet::new(max);
     for value in values {
-        let value = value.as_ref();
-        validate_topic(value)?;
-        if !topics.iter().any(|t| &**t == value) {
-            topics.push(Arc::from(value));
-        }
+        topics.add(value.as_ref())?;
     }
-    let any = !topics.is_empty();
-    check_count(topics, any, max)
-}
-
-fn check_count(topics: Vec<Topic>, seen_any: bool, max: usize) -> Result<Vec<Topic>, Error> {
-    if !seen_any || topics.is_empty() {
-        return Err(Error::NoTopic);
-    }
-    if topics.len() > max {
-        return Err(Error::TooManyTopics { count: topics.len(), max });
-    }
-    Ok(topics)
+    topics.finish()
 }
 
 /// Validates an event type; an empty type is the same as none.
@@ -139,6 +195,26 @@ mod tests {
     fn merges_duplicates_before_counting() {
         assert_eq!(parse(&["a,b", "a", "c"], 3).unwrap(), ["a", "b", "c"]);
         assert!(matches!(parse(&["a,b,c,d"], 3), Err(Error::TooManyTopics { count: 4, max: 3 })));
+        assert_eq!(parse(&["b,a,b,a,c,a"], 3).unwrap(), ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn stops_at_the_first_topic_too_many() {
+        // Nothing after the first distinct topic past the maximum is looked at: not the bad topic in the
+        // same list...
+        assert!(matches!(parse(&["a,b,c,d,not valid"], 3), Err(Error::TooManyTopics { count: 4, max: 3 })));
+        assert!(matches!(
+            collect_topics(["a", "b", "a", "c", "d", "not valid"], 3),
+            Err(Error::TooManyTopics { count: 4, max: 3 })
+        ));
+        // ...nor the values that follow it.
+        let mut read = 0;
+        let values = (0..100_000).map(|i| {
+            read += 1;
+            Cow::Owned(format!("t{i}"))
+        });
+        assert!(matches!(parse_topic_lists(values, 64), Err(Error::TooManyTopics { count: 65, max: 64 })));
+        assert_eq!(read, 65);
     }
 
     #[test]

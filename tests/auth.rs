@@ -451,6 +451,38 @@ async fn nbf_is_enforced_and_aud_iss_are_ignored() {
     stream_ok(addr, &["doc/1"], "", &[("Authorization", &auth)], "aud/iss/sub present").await;
 }
 
+/// Issue 7: RFC 7519 makes `exp` and `nbf` NumericDates, which may have a fraction; such tokens were
+/// refused as malformed. They are judged by their value now, still with no leeway.
+#[tokio::test]
+async fn fractional_exp_and_nbf_are_dates() {
+    let server = start_hs(&[]);
+    let addr = server.addr();
+    let with = |claim: &str, value: Value| {
+        let mut c = claims(&["doc/*"], &["doc/*"]);
+        c[claim] = value;
+        bearer(&hs(&c))
+    };
+    let ok = [
+        ("exp in a minute and a half", with("exp", json!(now_f64() + 90.5))),
+        ("nbf 10.25 s ago", with("nbf", json!(now_f64() - 10.25))),
+    ];
+    for (what, auth) in &ok {
+        stream_ok(addr, &["doc/1"], "", &[("Authorization", auth)], what).await;
+        published_id(&publish_with(addr, &[("Authorization", auth)], "", &["doc/1"], "x").await, what);
+    }
+    let refused = [
+        ("exp 1.5 s ago", with("exp", json!(now_f64() - 1.5))),
+        ("nbf in a minute and a half", with("nbf", json!(now_f64() + 90.5))),
+        ("negative exp", with("exp", json!(-1.5))),
+        ("exp as a string", with("exp", json!("4102444800"))),
+        ("nbf as a string", with("nbf", json!("0"))),
+    ];
+    for (what, auth) in &refused {
+        events_401(addr, &["doc/1"], "", &[("Authorization", auth)], what).await;
+        assert_401(&publish_with(addr, &[("Authorization", auth)], "", &["doc/1"], "x").await, true, what);
+    }
+}
+
 #[tokio::test]
 async fn subscribe_patterns_exact_prefix_and_star() {
     let server = start_hs(&[]);
@@ -550,7 +582,7 @@ async fn non_bearer_authorization_is_not_a_token_source() {
     stream_ok(addr, &["doc/1"], "", &[basic, ("Cookie", &c)], "Basic header, good cookie").await;
     stream_ok(addr, &["doc/1"], &query(&good), &[basic], "Basic header, good query").await;
     events_401(addr, &["doc/1"], "", &[basic], "Basic header alone").await;
-    let resp = publish_with(addr, &[basic, ("Cookie", &c)], "", &["doc/1"], "x").await;
+    let resp = publish_with(addr, &[basic, ("Cookie", &c), ("Origin", SAME_ORIGIN)], "", &["doc/1"], "x").await;
     published_id(&resp, "publish: Basic header, good cookie");
 }
 
@@ -720,7 +752,8 @@ async fn publish_token_from_cookie_or_query() {
     let mut c = stream_ok(addr, &["doc/1"], "", &[("Authorization", &sub)], "subscriber").await;
     let publisher = hs(&claims(&[], &["doc/*"]));
     let ck = cookie(&publisher);
-    let resp = publish_with(addr, &[("Cookie", &ck)], "", &["doc/1"], "via cookie").await;
+    // The cookie publishes from a page of the same origin (see cookie_publish_must_come_from_a_known_origin).
+    let resp = publish_with(addr, &[("Cookie", &ck), ("Origin", SAME_ORIGIN)], "", &["doc/1"], "via cookie").await;
     let id1 = published_id(&resp, "publish with cookie");
     let resp = publish_with(addr, &[], &query(&publisher), &["doc/1"], "via query").await;
     let id2 = published_id(&resp, "publish with access_token");
@@ -729,6 +762,93 @@ async fn publish_token_from_cookie_or_query() {
     let narrow = hs(&claims(&[], &["user/7"]));
     let resp = publish_with(addr, &[], &query(&narrow), &["doc/1"], "x").await;
     assert_403(&resp, "publish with access_token not covering the topic");
+}
+
+/// The origin of a page served by the test server: the support helpers send `Host: 127.0.0.1`.
+const SAME_ORIGIN: &str = "http://127.0.0.1";
+
+/// 403 `cross_site_request`.
+fn assert_cross_site(resp: &HttpResponse, what: &str) {
+    assert_eq!(resp.status, 403, "{what}: expected 403, got {} {}", resp.status, resp.text());
+    assert_error(resp, 403, Some("cross_site_request"));
+}
+
+/// `POST /publish` with a form body (what a cross-site HTML form sends, without a preflight).
+async fn publish_form(addr: SocketAddr, headers: &[(&str, &str)], topic: &str, data: &str) -> HttpResponse {
+    let mut all: Vec<(&str, &str)> = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    http(addr, "POST", "/publish", &all, format!("topic={topic}&data={data}").as_bytes()).await
+}
+
+/// Issue 7, defect 5: a browser sends the `herald_token` cookie with a cross-site form POST (no preflight),
+/// and such a POST with `Origin: https://evil.example` was published. A publish authenticated by the cookie
+/// must now come from the server's own origin or a named `--cors-origin`: `Origin` says so, else
+/// `Sec-Fetch-Site`, else the cookie is not enough. Tokens from the header or the query are not affected.
+#[tokio::test]
+async fn cookie_publish_must_come_from_a_known_origin() {
+    let server = start_hs(&["--cors-origin", "https://app.example"]);
+    let addr = server.addr();
+    let sub = bearer(&hs(&claims(&["doc/*"], &[])));
+    let mut c = stream_ok(addr, &["doc/1"], "", &[("Authorization", &sub)], "subscriber").await;
+    let publisher = hs(&claims(&[], &["doc/*"]));
+    let ck = cookie(&publisher);
+    let refused: &[(&str, &[(&str, &str)])] = &[
+        ("Origin of another site", &[("Origin", "https://evil.example")]),
+        ("Origin of another port", &[("Origin", "http://127.0.0.1:1")]),
+        ("Origin of a sibling host", &[("Origin", "http://127.0.0.1.evil.example")]),
+        ("Origin: null (sandboxed page, data: URL)", &[("Origin", "null")]),
+        ("Origin not a URL", &[("Origin", "127.0.0.1")]),
+        (
+            "other site, with Sec-Fetch-Site lying",
+            &[("Origin", "https://evil.example"), ("Sec-Fetch-Site", "same-origin")],
+        ),
+        ("Sec-Fetch-Site: cross-site", &[("Sec-Fetch-Site", "cross-site")]),
+        ("Sec-Fetch-Site: same-site", &[("Sec-Fetch-Site", "same-site")]),
+        ("neither Origin nor Sec-Fetch-Site", &[]),
+    ];
+    for (what, headers) in refused {
+        let mut all = vec![("Cookie", ck.as_str())];
+        all.extend_from_slice(headers);
+        let resp = publish_form(addr, &all, "doc/1", "forged").await;
+        assert_cross_site(&resp, &format!("form with the cookie, {what}"));
+        let resp = publish_with(addr, &all, "", &["doc/1"], "forged").await;
+        assert_cross_site(&resp, &format!("JSON with the cookie, {what}"));
+    }
+    assert_eq!(published_total(&metrics(addr).await), 0.0, "a refused cookie publish was published");
+    let allowed: &[(&str, &[(&str, &str)])] = &[
+        ("same origin", &[("Origin", SAME_ORIGIN)]),
+        ("same host and port, https (behind a TLS proxy)", &[("Origin", "https://127.0.0.1")]),
+        ("a --cors-origin", &[("Origin", "https://app.example")]),
+        ("a --cors-origin, in capitals", &[("Origin", "https://APP.example")]),
+        ("Sec-Fetch-Site: same-origin", &[("Sec-Fetch-Site", "same-origin")]),
+        ("Sec-Fetch-Site: none (typed by the user)", &[("Sec-Fetch-Site", "none")]),
+    ];
+    for (what, headers) in allowed {
+        let mut all = vec![("Cookie", ck.as_str())];
+        all.extend_from_slice(headers);
+        let id = published_id(&publish_form(addr, &all, "doc/1", "ok").await, &format!("cookie, {what}"));
+        expect_event(&mut c, &id, "ok", what).await;
+    }
+    // A token the page's script had to send itself proves the page may publish, wherever it is.
+    let evil = ("Origin", "https://evil.example");
+    let auth = bearer(&publisher);
+    let id = published_id(&publish_with(addr, &[("Authorization", &auth), evil], "", &["doc/1"], "h").await, "bearer");
+    expect_event(&mut c, &id, "h", "bearer from another origin").await;
+    let id = published_id(&publish_with(addr, &[evil], &query(&publisher), &["doc/1"], "q").await, "query");
+    expect_event(&mut c, &id, "q", "access_token from another origin").await;
+    c.assert_no_event(Duration::from_millis(200)).await;
+}
+
+/// `--cors-origin '*'` lets any page read streams, but does not let any page publish with the cookie.
+#[tokio::test]
+async fn a_cors_star_does_not_let_the_cookie_publish_cross_site() {
+    let server = start_hs(&["--cors-origin", "*"]);
+    let addr = server.addr();
+    let ck = cookie(&hs(&claims(&[], &["doc/*"])));
+    let resp = publish_form(addr, &[("Cookie", &ck), ("Origin", "https://evil.example")], "doc/1", "forged").await;
+    assert_cross_site(&resp, "cookie from another site with --cors-origin *");
+    let resp = publish_form(addr, &[("Cookie", &ck), ("Origin", SAME_ORIGIN)], "doc/1", "ok").await;
+    published_id(&resp, "cookie from the same origin with --cors-origin *");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -816,8 +936,8 @@ async fn tokens_never_appear_in_logs() {
     let mut delivered = 0;
     for tok in [&valid_pub, &narrow_pub, &expired, &wrong_key, &garbage] {
         let (b, c, q) = (bearer(tok), cookie(tok), query(tok));
-        for (extra, headers) in
-            [("", vec![("Authorization", b.as_str())]), ("", vec![("Cookie", c.as_str())]), (q.as_str(), vec![])]
+        let cookie_headers = vec![("Cookie", c.as_str()), ("Origin", SAME_ORIGIN)];
+        for (extra, headers) in [("", vec![("Authorization", b.as_str())]), ("", cookie_headers), (q.as_str(), vec![])]
         {
             if publish_with(addr, &headers, extra, &["doc/1"], "logged?").await.status == 200 {
                 delivered += 1;

@@ -224,6 +224,8 @@ async fn bad_topics_are_400() {
         ("trailing comma", "a,".into()),
         ("257 bytes", long),
         ("non-ASCII", "caf%C3%A9".into()),
+        ("not UTF-8", "caf%E9".into()),
+        ("a lone byte that is not UTF-8", "%FF".into()),
         ("control char", "a%09b".into()),
         ("DEL", "a%7Fb".into()),
         ("NUL", "a%00b".into()),

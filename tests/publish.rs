@@ -122,6 +122,27 @@ async fn form_body() {
     assert_eq!((e.id(), e.data.as_str()), (id.as_str(), ""));
 }
 
+/// Issue 7, defect 10: a form value that is not UTF-8 was delivered with U+FFFD in it, while the same
+/// bytes in JSON were refused. Both are 400 now, and nothing is delivered.
+#[tokio::test]
+async fn bodies_that_are_not_utf8_are_400() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let mut c = SseClient::subscribe(addr, &["a"]).await;
+    for body in [&b"topic=a&data=caf%E9"[..], b"data=%FF&topic=a", b"topic=a&type=t%E9&data=x"] {
+        let resp = publish_raw(addr, FORM, body).await;
+        assert_error(&resp, 400, Some("bad_request"));
+    }
+    let resp = publish_raw(addr, FORM, b"topic=a&topic=caf%E9&data=x").await;
+    assert_error(&resp, 400, Some("bad_topic"));
+    let resp = publish_raw(addr, JSON, b"{\"topic\":\"a\",\"data\":\"caf\xe9\"}").await;
+    assert_error(&resp, 400, Some("bad_request"));
+    // UTF-8 escapes, and bytes that are not UTF-8 in a field Herald does not read, are fine.
+    let id = publish_ok(addr, FORM, "topic=a&data=caf%C3%A9&other=%E9").await;
+    let e = c.next_event(T).await;
+    assert_eq!((e.id(), e.data.as_str()), (id.as_str(), "café"), "the first event delivered is the valid one");
+}
+
 #[tokio::test]
 async fn malformed_json_is_400() {
     let server = TestServer::start(&[]);
@@ -393,6 +414,7 @@ mod on_redis {
         data_values_are_sent_as_compact_json_text,
         null_or_missing_data_is_400,
         form_body,
+        bodies_that_are_not_utf8_are_400,
         malformed_json_is_400,
         array_bodies_are_malformed,
         bad_types_are_400,

@@ -7,15 +7,20 @@
 //!
 //! Memory is bounded twice: each topic keeps at most `--history-size` events (and none older than
 //! `--history-ttl`), and all topics together at most `--max-history-bytes`: past that, the oldest events of
-//! the whole node are evicted first, as if trimmed, and a topic left empty is forgotten. A client resuming on
-//! a forgotten topic from before the newest eviction gets `herald.reset` (`trimmed`), so an eviction is never
-//! silent (it may be spurious for a topic that never had events, which only costs that client a reload).
+//! the whole node are evicted first, as if trimmed. Expiry also goes oldest first across the whole node, on
+//! every publish and every read, from the same id-ordered queue, so it costs what it drops. A topic left
+//! empty (evicted or expired) is forgotten: what stays is, per hash bucket of topic names, the newest id a
+//! forgotten topic lost, so that a client resuming on one from before that id gets `herald.reset`
+//! (`trimmed`) and an eviction or expiry is never silent (the reset may be spurious for a topic that
+//! never had events or that shares the bucket, which only costs that client a reload).
 //!
 //! Nothing survives a restart. Ids are `<ms>-<seq>` from the wall clock, and the first id a process may
 //! issue is `<start ms>-0`: an id below that was issued before this process started, its history is gone,
 //! and the client gets `herald.reset` instead of silence.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,59 +41,162 @@ pub struct MemoryBackend {
     history: HistoryLimits,
     /// The first id this process may issue; older ids are from before a restart.
     epoch: EventId,
-    /// The bound on all topics' history together, in (approximate) bytes.
+    /// The bound on all topics' history together, in bytes as [`State::held`] counts them.
     max_bytes: usize,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+/// Hash buckets of [`State::forgotten`] (64 KiB of ids).
+const FORGOTTEN_BUCKETS: usize = 4096;
+
+#[derive(Debug)]
 struct State {
     last_issued: Option<EventId>,
+    /// Topics that retain at least one event; a topic left empty is forgotten (see `forgotten`).
     topics: HashMap<Topic, TopicHistory>,
-    /// Every retained (topic, id) in publish order, oldest first, for evicting the node's oldest events.
-    /// Entries whose event a topic has already trimmed are stale and skipped; see [`State::compact`].
+    /// Every retained (topic, id) in publish order, which is id order, oldest first: the queue of the
+    /// node's oldest events, for eviction and for expiry. Entries whose event a topic has already trimmed
+    /// are stale and skipped; see [`State::compact`].
     order: VecDeque<(Topic, EventId)>,
     /// Events retained, counted once per topic.
     entries: usize,
-    /// The history's size, as [`entry_bytes`] counts it.
+    /// What the retained events and the topics themselves hold, as [`entry_bytes`] and
+    /// [`TopicHistory::own_bytes`] count it; [`State::held`] adds the tables.
     bytes: usize,
-    /// The newest id evicted from a topic that was then forgotten.
-    evicted_through: Option<EventId>,
+    /// What a resume needs of the topics forgotten once empty: per hash bucket of topic names, the newest
+    /// id dropped from a forgotten topic of that bucket ([`EventId::ZERO`]: none). A topic absent from
+    /// `topics` may have lost events up to its bucket's id. The bound is never short, and being shared by
+    /// a bucket's topics it is sometimes long (a spurious `herald.reset`, which costs a client a reload),
+    /// but it stays 64 KiB however many topics come and go.
+    forgotten: Box<[EventId]>,
 }
 
-/// What one retained event costs, counted once per topic: its encoded bytes plus bookkeeping.
+// What the history holds, counted as the allocator hands it out: `--max-history-bytes` bounds memory, so
+// everything that grows with the history counts, with its real size. Topic names are interned (the map's
+// key is the one copy, shared by the topic's events and `order` entries) and counted once per topic.
+
+/// What the allocator takes for an `n`-byte allocation (glibc malloc: an 8-byte header, 16-byte
+/// granules, 32 bytes at least).
+fn heap(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    (n + 8).next_multiple_of(16).max(32)
+}
+
+/// Reference counts in front of the value of an `Arc`.
+const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+/// The `Shared` block `bytes` allocates for a buffer split after it was written (an `sse::Chunk`).
+const BYTES_SHARED: usize = 5 * std::mem::size_of::<usize>();
+/// Room a chunk's buffer keeps beyond its wire bytes: the unused part of the reserved chunk-size line.
+const CHUNK_SLACK: usize = 8;
+
+/// What one event holds, once however many topics retain it: the `Arc<Event>`, its topic list, and its
+/// encoded bytes.
+fn event_bytes(event: &Event) -> usize {
+    heap(ARC_HEADER + std::mem::size_of::<Event>())
+        + heap(std::mem::size_of_val::<[Topic]>(&event.topics))
+        + heap(event.chunk.wire().len() + CHUNK_SLACK)
+        + heap(BYTES_SHARED)
+}
+
+/// One topic's share of a retained event: [`event_bytes`] split between the event's topics, so that the
+/// event is counted once in all (rounded up) and each topic's trim or eviction gives back its share.
 fn entry_bytes(event: &Event) -> usize {
-    const OVERHEAD: usize = 96;
-    event.chunk.wire().len() + OVERHEAD
+    event_bytes(event).div_ceil(event.topics.len().max(1))
+}
+
+/// The bucket of `topic` in [`State::forgotten`]. The hash is fixed, so the same topic always lands in
+/// the same bucket.
+fn forgotten_bucket(topic: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    topic.hash(&mut hasher);
+    (hasher.finish() % FORGOTTEN_BUCKETS as u64) as usize
 }
 
 impl State {
+    fn new() -> Self {
+        State {
+            last_issued: None,
+            topics: HashMap::new(),
+            order: VecDeque::new(),
+            entries: 0,
+            bytes: 0,
+            forgotten: vec![EventId::ZERO; FORGOTTEN_BUCKETS].into_boxed_slice(),
+        }
+    }
+
+    /// The newest id a forgotten topic named `topic` may have lost, if any.
+    fn forgotten_through(&self, topic: &str) -> Option<EventId> {
+        Some(self.forgotten[forgotten_bucket(topic)]).filter(|id| *id != EventId::ZERO)
+    }
+
+    /// What the history holds in all: [`State::bytes`] plus the buffers of the topic map and the `order`
+    /// queue, at their capacity. (The forgotten topics' buckets, a fixed 64 KiB, are not history.)
+    fn held(&self) -> usize {
+        let slot = std::mem::size_of::<(Topic, TopicHistory)>() + 1; // hashbrown: one control byte a slot
+        let map = match self.topics.capacity() {
+            0 => 0,
+            capacity => heap((capacity * 8 / 7).next_power_of_two() * slot),
+        };
+        self.bytes + map + heap(self.order.capacity() * std::mem::size_of::<(Topic, EventId)>())
+    }
+
     /// Counts the events `trim` removed from a topic.
     fn forget(&mut self, removed: &[Arc<Event>]) {
         self.entries -= removed.len();
         self.bytes -= removed.iter().map(|e| entry_bytes(e)).sum::<usize>();
     }
 
+    /// Drops the entry `(topic, id)` taken from the front of `order`: the event leaves the topic's history
+    /// if it is still its oldest (otherwise the topic's own limit trimmed it already and the entry was
+    /// stale). A topic left empty is forgotten, its trimmed-through id folded into `forgotten`.
+    fn drop_oldest(&mut self, topic: Topic, id: EventId) {
+        let Some(history) = self.topics.get_mut(&topic) else { return };
+        if history.events.front().is_none_or(|e| e.id != id) {
+            return;
+        }
+        let own = history.own_bytes(&topic);
+        if let Some(event) = history.events.pop_front() {
+            history.trimmed_through = Some(id);
+            self.entries -= 1;
+            self.bytes -= entry_bytes(&event);
+        }
+        if history.events.is_empty() {
+            self.bytes -= own;
+            self.topics.remove(&topic);
+            let through = &mut self.forgotten[forgotten_bucket(&topic)];
+            *through = (*through).max(id);
+            if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
+                self.topics.shrink_to(self.topics.len() * 2);
+            }
+        } else {
+            history.shrink();
+            self.bytes = self.bytes - own + history.own_bytes(&topic);
+        }
+    }
+
     /// Evicts the node's oldest events until the history fits in `max_bytes`.
     fn evict(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
+        while self.held() > max_bytes {
             let Some((topic, id)) = self.order.pop_front() else { break };
-            let Some(history) = self.topics.get_mut(&topic) else { continue };
-            if history.events.front().is_none_or(|e| e.id != id) {
-                continue; // already trimmed by the topic's own limits
-            }
-            if let Some(event) = history.events.pop_front() {
-                history.trimmed_through = Some(id);
-                self.entries -= 1;
-                self.bytes -= entry_bytes(&event);
-            }
-            if history.events.is_empty() {
-                self.topics.remove(&topic);
-                self.evicted_through = self.evicted_through.max(Some(id));
-            }
+            self.drop_oldest(topic, id);
+            self.shrink_order();
         }
         self.compact();
+    }
+
+    /// Drops every event older than `cutoff` (`--history-ttl`), from every topic. `order` is in id order,
+    /// so this reads only what it drops (and the stale entries before it), never all the topics.
+    fn expire(&mut self, cutoff: Option<EventId>) {
+        let Some(cutoff) = cutoff else { return };
+        while self.order.front().is_some_and(|(_, id)| *id < cutoff) {
+            if let Some((topic, id)) = self.order.pop_front() {
+                self.drop_oldest(topic, id);
+            }
+        }
+        self.shrink_order();
     }
 
     /// Drops stale entries from `order` once they outnumber the live ones, so that it stays proportional
@@ -101,6 +209,15 @@ impl State {
         self.order.retain(|(topic, id)| {
             topics.get(topic).is_some_and(|h| h.events.front().is_some_and(|front| front.id <= *id))
         });
+        self.shrink_order();
+    }
+
+    /// Gives back most of `order`'s buffer once it is mostly empty (halving at most once per as many pops
+    /// as it keeps, so shrinking costs O(1) a pop).
+    fn shrink_order(&mut self) {
+        if self.order.capacity() > 1024 && self.order.len() * 4 < self.order.capacity() {
+            self.order.shrink_to(self.order.len() * 2);
+        }
     }
 }
 
@@ -112,16 +229,27 @@ struct TopicHistory {
 }
 
 impl TopicHistory {
-    /// Drops the oldest events beyond `limits.size`, and those older than `cutoff`; returns them.
-    fn trim(&mut self, limits: &HistoryLimits, cutoff: Option<EventId>) -> Vec<Arc<Event>> {
+    /// What the topic holds besides its share of its events: its name (one copy, see
+    /// [`MemoryBackend::publish`]) and its queue's buffer. (Its slot in the map is counted with the map.)
+    fn own_bytes(&self, name: &str) -> usize {
+        heap(ARC_HEADER + name.len()) + heap(self.events.capacity() * std::mem::size_of::<Arc<Event>>())
+    }
+
+    /// Gives back most of the queue's buffer once it is mostly empty.
+    fn shrink(&mut self) {
+        if self.events.capacity() > 16 && self.events.len() * 4 < self.events.capacity() {
+            self.events.shrink_to(self.events.len() * 2);
+        }
+    }
+
+    /// Drops the oldest events beyond `limits.size`; returns them. (Age is the node's business: see
+    /// [`State::expire`].)
+    fn trim(&mut self, limits: &HistoryLimits) -> Vec<Arc<Event>> {
         let mut removed = Vec::new();
-        while let Some(oldest) = self.events.front() {
-            let expired = cutoff.is_some_and(|cutoff| oldest.id < cutoff);
-            if self.events.len() <= limits.size && !expired {
-                break;
-            }
+        while self.events.len() > limits.size {
+            let Some(oldest) = self.events.pop_front() else { break };
             self.trimmed_through = Some(oldest.id);
-            removed.extend(self.events.pop_front());
+            removed.push(oldest);
         }
         removed
     }
@@ -141,7 +269,7 @@ impl MemoryBackend {
             epoch: EventId::new(now_ms(), 0),
             max_bytes: usize::MAX,
             metrics,
-            state: Mutex::default(),
+            state: Mutex::new(State::new()),
         }
     }
 
@@ -164,29 +292,43 @@ impl Backend for MemoryBackend {
     }
 
     async fn publish(&self, event: NewEvent) -> Result<EventId, Error> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
         let now = now_ms();
+        state.expire(self.history.cutoff(now));
         let id = state.last_issued.unwrap_or(self.epoch).next(now);
-        let cutoff = self.history.cutoff(now);
         state.last_issued = Some(id);
-        let event = Arc::new(Event::new(id, event.topics.into(), event.kind.as_deref(), &event.data));
-        let size = entry_bytes(&event);
+        // One copy of each topic name: a topic the map knows lends the event its key.
+        let topics: Box<[Topic]> = event
+            .topics
+            .into_iter()
+            .map(|t| state.topics.get_key_value(&t).map_or(t, |(key, _)| key.clone()))
+            .collect();
+        let event = Arc::new(Event::new(id, topics, event.kind.as_deref(), &event.data));
+        let share = entry_bytes(&event);
         for topic in event.topics.iter() {
-            // A topic forgotten after an eviction starts out "trimmed" through it: events may be missing.
-            let evicted_through = state.evicted_through;
-            let history = state
-                .topics
-                .entry(topic.clone())
-                .or_insert_with(|| TopicHistory { trimmed_through: evicted_through, ..TopicHistory::default() });
+            // A topic forgotten before starts out "trimmed" through what it may have lost.
+            let forgotten = state.forgotten_through(topic);
+            let (history, own_before) = match state.topics.entry(topic.clone()) {
+                Entry::Occupied(known) => {
+                    let history = known.into_mut();
+                    let own = history.own_bytes(topic);
+                    (history, own)
+                }
+                Entry::Vacant(new) => {
+                    (new.insert(TopicHistory { trimmed_through: forgotten, ..TopicHistory::default() }), 0)
+                }
+            };
             history.events.push_back(event.clone());
-            let removed = history.trim(&self.history, cutoff);
+            let removed = history.trim(&self.history);
+            let own_after = history.own_bytes(topic);
             state.order.push_back((topic.clone(), id));
             state.entries += 1;
-            state.bytes += size;
+            state.bytes = state.bytes + share + own_after - own_before;
             state.forget(&removed);
         }
         state.evict(self.max_bytes);
-        self.metrics.history_bytes.store(state.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.store(state.held() as u64, std::sync::atomic::Ordering::Relaxed);
         self.hub.dispatch(&event);
         Ok(id)
     }
@@ -202,27 +344,26 @@ impl Backend for MemoryBackend {
 
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Expire by age here too: a node nobody publishes to expires only when read.
+        state.expire(self.history.cutoff(now_ms()));
+        state.compact();
         let (after, mut reset) = judge_last_id(last, self.epoch, state.last_issued, topics);
-        let cutoff = self.history.cutoff(now_ms());
         let mut events = Vec::new();
         let mut trimmed = Vec::new();
         for topic in topics {
-            let Some(history) = state.topics.get_mut(topic) else {
-                if state.evicted_through.is_some_and(|t| t > after) {
+            let Some(history) = state.topics.get(topic) else {
+                if state.forgotten_through(topic).is_some_and(|t| t > after) {
                     trimmed.push(topic.clone());
                 }
                 continue;
             };
-            // Expire by age here too: a topic nobody publishes to is trimmed only when read.
-            let removed = history.trim(&self.history, cutoff);
             if history.trimmed_through.is_some_and(|t| t > after) {
                 trimmed.push(topic.clone());
             }
             let start = history.events.partition_point(|e| e.id <= after);
             events.extend(history.events.range(start..).cloned());
-            state.forget(&removed);
         }
-        self.metrics.history_bytes.store(state.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.store(state.held() as u64, std::sync::atomic::Ordering::Relaxed);
         drop(state);
         if reset.is_none() && !trimmed.is_empty() {
             reset = Some(Reset { topics: trimmed, reason: "trimmed" });
@@ -314,6 +455,46 @@ mod tests {
         assert_eq!(ids(&r), [third]);
     }
 
+    /// Issue 7, defect 3: a topic whose events had all expired stayed in the map for ever.
+    #[tokio::test]
+    async fn expired_topics_are_forgotten_and_still_reported() {
+        let ttl = std::time::Duration::from_millis(50);
+        let b = MemoryBackend::new(HistoryLimits { size: 10, ttl: Some(ttl) }, 64, Arc::default());
+        let names: Vec<Topic> = (0..1000).map(|i| Topic::from(format!("t{i}"))).collect();
+        let mut sent = Vec::new();
+        for topic in &names {
+            sent.push(publish(&b, &[topic]).await);
+        }
+        tokio::time::sleep(ttl * 2).await;
+        let fresh = publish(&b, &["fresh"]).await;
+        {
+            let state = b.state.lock().unwrap();
+            assert_eq!(state.topics.len(), 1, "topics kept after their events expired");
+            assert!(state.topics.contains_key("fresh"));
+            assert_eq!((state.entries, state.order.len()), (1, 1));
+            let fresh = &state.topics["fresh"];
+            assert_eq!(state.bytes, entry_bytes(&fresh.events[0]) + fresh.own_bytes("fresh"));
+        }
+        // A client from before the expiry is told, on every topic that lost an event it had not seen...
+        let r = b.replay(&names[1..], LastEventId::Id(sent[0])).await.unwrap();
+        assert_eq!(r.reset, Some(Reset { topics: names[1..].to_vec(), reason: "trimmed" }));
+        assert!(r.events.is_empty());
+        // ...and a client that had seen them all lost nothing.
+        let r = b.replay(&names, LastEventId::Id(sent[999])).await.unwrap();
+        assert_eq!(r.reset, None);
+        let mut all = names.clone();
+        all.push("fresh".into());
+        let r = b.replay(&all, LastEventId::Id(sent[999])).await.unwrap();
+        assert_eq!((&r.reset, ids(&r)), (&None, vec![fresh]));
+        // Reading sweeps too: with no publish, the last topic expires and is forgotten.
+        tokio::time::sleep(ttl * 2).await;
+        let r = b.replay(&["fresh".into()], LastEventId::Id(sent[999])).await.unwrap();
+        assert_eq!(r.reset.map(|r| r.topics), Some(vec!["fresh".into()]));
+        let state = b.state.lock().unwrap();
+        assert!(state.topics.is_empty() && state.order.is_empty());
+        assert_eq!((state.entries, state.bytes), (0, 0));
+    }
+
     #[tokio::test]
     async fn fresh_backend_knows_no_id_but_its_epoch() {
         let b = backend(2);
@@ -347,18 +528,23 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_bound_evicts_the_oldest_events_and_says_so() {
-        // The size of one event as published here (ids of today's length).
-        let one = entry_bytes(&Event::new(EventId::new(now_ms(), 10), Box::new(["t".into()]), None, "d"));
+        // What ten events on four topics hold, counted on a backend without a bound.
+        let unbounded = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default());
+        for i in 0..10 {
+            publish(&unbounded, &[&format!("t{}", i % 4)]).await;
+        }
+        let ten = unbounded.state.lock().unwrap().held();
         // Room for about ten events in all; each topic alone could keep a hundred.
-        let b = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default()).with_max_bytes(10 * one);
+        let b = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default()).with_max_bytes(ten);
         let mut published = Vec::new();
         for i in 0..40 {
             published.push(publish(&b, &[&format!("t{}", i % 4)]).await);
+            assert!(counted(&b) <= ten as u64, "{} bytes held, bound {ten}", counted(&b));
         }
         {
             let state = b.state.lock().unwrap();
-            assert!(state.bytes <= 10 * one, "{} bytes retained, bound {}", state.bytes, 10 * one);
-            assert!(state.entries >= 9, "evicted more than needed: {} left", state.entries);
+            assert_eq!(state.held() as u64, counted(&b));
+            assert!(state.entries >= 8, "evicted more than needed: {} left", state.entries);
             assert!(state.order.len() <= 2 * state.entries + 1024);
         }
         // t0's oldest events are gone: resuming from its first id is a reset; from the last id, nothing.
@@ -368,14 +554,22 @@ mod tests {
         let r = b.replay(&t0, LastEventId::Id(published[36])).await.unwrap();
         assert!(r.reset.is_none() && r.events.is_empty(), "{r:?}");
         // A topic evicted entirely is forgotten, and still reported to a client from before the eviction.
+        let unbounded = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default());
+        publish(&unbounded, &["a"]).await;
+        let one = unbounded.state.lock().unwrap().held();
         let c = MemoryBackend::new(HistoryLimits { size: 100, ttl: None }, 64, Arc::default())
-            .with_max_bytes(one + one / 2);
+            .with_max_bytes(one + one / 4);
+        let first = publish(&c, &["first"]).await;
         let old = publish(&c, &["old"]).await;
         let before = publish(&c, &["x"]).await;
         let _ = publish(&c, &["y"]).await;
         assert!(!c.state.lock().unwrap().topics.contains_key("old"));
-        let r = c.replay(&["old".into()], LastEventId::Id(old)).await.unwrap();
+        let r = c.replay(&["old".into()], LastEventId::Id(first)).await.unwrap();
         assert_eq!(r.reset.map(|r| r.reason), Some("trimmed"));
+        // A client that had seen all of it lost nothing (other forgotten topics do not count, unless their
+        // names share a hash bucket).
+        let r = c.replay(&["old".into()], LastEventId::Id(old)).await.unwrap();
+        assert_eq!(r.reset, None);
         // ...also when it comes back with new events: `before` was evicted from it, unseen by a client at `old`.
         let again = publish(&c, &["x"]).await;
         let r = c.replay(&["x".into()], LastEventId::Id(old)).await.unwrap();
@@ -387,6 +581,45 @@ mod tests {
         assert_eq!(ids(&r), [again]);
     }
 
+    /// What the backend reports as held (`herald_history_bytes`).
+    fn counted(b: &MemoryBackend) -> u64 {
+        b.metrics.history_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Issue 7, defect 9: topic names were not counted at all, and every event held its own copy of each.
+    #[tokio::test]
+    async fn topic_names_are_counted_and_shared() {
+        let mut held = Vec::new();
+        for width in [1, 256] {
+            let b = backend(10);
+            for i in 0..100 {
+                publish(&b, &[&format!("{i:0>width$}")]).await;
+            }
+            held.push(counted(&b));
+        }
+        assert!(
+            held[1] >= held[0] + 100 * 250,
+            "100 topics of 256 bytes counted {} bytes, of 1-2 bytes {}",
+            held[1],
+            held[0]
+        );
+        // One copy of a name, however many events the topic keeps: the map's key, shared by every event
+        // and entry of the topic. A second event costs as much on long names as on short ones.
+        let mut second = Vec::new();
+        for name in ["n".repeat(256), "n".into()] {
+            let b = backend(10);
+            publish(&b, &[&name, "other"]).await;
+            let one = counted(&b);
+            publish(&b, &[&name, "other"]).await;
+            second.push(counted(&b) - one);
+            let state = b.state.lock().unwrap();
+            let (key, history) = state.topics.get_key_value(name.as_str()).unwrap();
+            assert!(history.events.iter().all(|e| e.topics.iter().any(|t| Arc::ptr_eq(t, key))));
+            assert!(state.order.iter().all(|(t, _)| Arc::ptr_eq(t, key) || &**t == "other"));
+        }
+        assert_eq!(second[0], second[1], "a second event on a long topic counted more than on a short one");
+    }
+
     #[tokio::test]
     async fn stale_order_entries_stay_proportional() {
         let b = backend(3);
@@ -396,6 +629,7 @@ mod tests {
         let state = b.state.lock().unwrap();
         assert_eq!(state.entries, 3);
         assert!(state.order.len() <= 2 * state.entries + 1024, "order holds {}", state.order.len());
-        assert_eq!(state.bytes, 3 * entry_bytes(&state.topics["hot"].events[0]));
+        let hot = &state.topics["hot"];
+        assert_eq!(state.bytes, 3 * entry_bytes(&hot.events[0]) + hot.own_bytes("hot"));
     }
 }

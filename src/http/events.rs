@@ -1,18 +1,17 @@
 //! `GET /events`: parse the request, subscribe (live first), read history, and start the stream.
 
-use std::borrow::Cow;
-
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 
 use super::body::{EventStream, StreamPermit};
+use super::form;
 use super::{require_method, AppState, ResponseBody};
 use crate::auth::SubscribeGrant;
 use crate::error::Error;
 use crate::id::{EventId, LastEventId};
 use crate::metrics::Metrics;
 use crate::sse;
-use crate::topic::{parse_topic_lists, Topic};
+use crate::topic::{Topic, TopicSet};
 
 /// What a subscription asks for.
 #[derive(Debug, PartialEq)]
@@ -34,17 +33,27 @@ pub(crate) fn parse_query(
     headers: &HeaderMap,
     max_topics: usize,
 ) -> Result<SubscribeQuery, Error> {
-    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-        query.map(|q| form_urlencoded::parse(q.as_bytes()).collect()).unwrap_or_default();
-    let topics = parse_topic_lists(pairs.iter().filter(|(k, _)| k == "topics").map(|(_, v)| v.clone()), max_topics)?;
+    // One pass, stopping at the first bad topic or the first topic too many.
+    let mut topics = TopicSet::new(max_topics);
+    let mut from_query = None;
+    let mut tag_topics = false;
+    for (key, value) in form::pairs(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            // A topic that is not UTF-8 is a bad topic, not one with U+FFFD in it.
+            b"topics" => topics.add_list_bytes(&value)?,
+            // An id that is not UTF-8 is malformed: still never an error (see Resuming in API.md).
+            b"lastEventId" if !value.trim_ascii().is_empty() => from_query = Some(value),
+            b"tagTopics" => tag_topics = &*value == b"1",
+            _ => {}
+        }
+    }
+    let topics = topics.finish()?;
     let from_header = headers
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .filter(|v| !v.trim().is_empty());
-    let from_query =
-        pairs.iter().rev().find(|(k, v)| k == "lastEventId" && !v.trim().is_empty()).map(|(_, v)| v.to_string());
+    let from_query = from_query.map(|v| String::from_utf8_lossy(&v).into_owned());
     let last_event_id = from_header.or(from_query).map(|v| LastEventId::parse(&v));
-    let tag_topics = pairs.iter().rev().find(|(k, _)| k == "tagTopics").is_some_and(|(_, v)| v == "1");
     Ok(SubscribeQuery { topics, last_event_id, tag_topics })
 }
 
@@ -159,5 +168,10 @@ mod tests {
         assert!(matches!(parse("", None), Err(Error::NoTopic)));
         assert!(matches!(parse("topics=a%20b", None), Err(Error::BadTopic(_))));
         assert!(matches!(parse("topics=a,b,c,d", None), Err(Error::TooManyTopics { .. })));
+        assert!(matches!(parse("topics=a,caf%E9", None), Err(Error::BadTopic(_))));
+        assert!(matches!(
+            parse("topics=a&lastEventId=1-1%FF", None).map(|q| q.last_event_id),
+            Ok(Some(LastEventId::Malformed))
+        ));
     }
 }

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 
 pub mod body;
 mod events;
+mod form;
 mod ops;
 mod publish;
 mod static_files;

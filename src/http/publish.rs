@@ -1,15 +1,19 @@
 //! `POST /publish`: read and validate an event (JSON or form), then hand it to the backend.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::{require_method, AppState, Limits, RequestBody, ResponseBody};
+use super::{form, require_method, AppState, Limits, RequestBody, ResponseBody};
 use crate::backend::NewEvent;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::topic::{collect_topics, validate_type};
+use crate::topic::{validate_type, TopicSet};
 
 /// The accepted body formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,16 +23,143 @@ enum Format {
 }
 
 /// The JSON body: `topic` and/or `topics`, optional `type`, required non-null `data`.
+///
+/// Read straight from the body's bytes, borrowing what needs no unescaping, with `data` kept as the JSON
+/// text it was sent as: a publish costs about its own size in memory, not the many times more of a
+/// `serde_json::Value` tree (with `preserve_order` and `arbitrary_precision`, every number is a string of
+/// its own and every object an index map).
 #[derive(Debug, Deserialize)]
-struct JsonEvent {
-    #[serde(default)]
-    topic: Option<String>,
-    #[serde(default)]
-    topics: Vec<String>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
+struct JsonEvent<'a> {
+    #[serde(default, borrow)]
+    topic: Option<Text<'a>>,
+    /// Read after the body, one topic at a time (see [`add_json_topics`]): a long list is never held.
+    #[serde(default, borrow)]
+    topics: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Text<'a>>,
+    /// `None` when missing or `null`.
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// A JSON string, borrowed from the body unless it had escapes.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Adds the topics of a JSON array to `topics`, reading one at a time and stopping at the first bad topic
+/// or the first one too many.
+///
+/// # Errors
+/// [`Error::BadTopic`] or [`Error::TooManyTopics`] from [`TopicSet::add`]; [`Error::BadRequest`] when `raw` is
+/// not an array of strings.
+fn add_json_topics(topics: &mut TopicSet, raw: &RawValue) -> Result<(), Error> {
+    let mut refused = None;
+    let read =
+        TopicSeq { topics, refused: &mut refused }.deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
+    match (read, refused) {
+        (_, Some(error)) => Err(error),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(Error::BadRequest(format!("topics: {e}"))),
+    }
+}
+
+/// Reads a JSON array of topics into a [`TopicSet`], one element at a time.
+struct TopicSeq<'s> {
+    topics: &'s mut TopicSet,
+    /// Why a topic was refused, when reading stopped for that.
+    refused: &'s mut Option<Error>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopicSeq<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopicSeq<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of topics")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(Text(topic)) = seq.next_element::<Text<'de>>()? {
+            if let Err(error) = self.topics.add(&topic) {
+                *self.refused = Some(error);
+                return Err(A::Error::custom("a topic was refused"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text an event's `data` is sent as: a JSON string's value, or any other value's compact JSON text.
+///
+/// # Errors
+/// [`Error::BadRequest`] when a string cannot be decoded (cannot happen for text serde_json checked).
+fn data_text(raw: &RawValue) -> Result<String, Error> {
+    let json = raw.get();
+    if json.starts_with('"') {
+        return serde_json::from_str(json).map_err(|e| Error::BadRequest(e.to_string()));
+    }
+    compact_json(json)
+}
+
+/// `json` (valid JSON text) without the whitespace between its tokens, and with each string written as
+/// serde_json writes it (escapes decoded and made again: `"\u00e9"` is `"é"`), as a `serde_json::Value`
+/// would print it: keys in their order, numbers as written (`12.50` stays `12.50`). Linear in `json`.
+///
+/// # Errors
+/// [`Error::BadRequest`] when a string cannot be decoded (cannot happen for text serde_json checked).
+fn compact_json(json: &str) -> Result<String, Error> {
+    let bytes = json.as_bytes();
+    let mut out = Vec::with_capacity(json.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b' ' | b'\t' | b'\n' | b'\r' => at += 1,
+            b'"' => {
+                let end = string_end(bytes, at);
+                let token = &bytes[at..end];
+                if token.contains(&b'\\') {
+                    let text: Cow<'_, str> =
+                        serde_json::from_slice(token).map_err(|e| Error::BadRequest(e.to_string()))?;
+                    serde_json::to_writer(&mut out, &text).map_err(|e| Error::BadRequest(e.to_string()))?;
+                } else {
+                    // No escape: serde_json would write the same bytes (JSON strings hold no raw control
+                    // characters).
+                    out.extend_from_slice(token);
+                }
+                at = end;
+            }
+            _ => {
+                let end = bytes[at..]
+                    .iter()
+                    .position(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'"'))
+                    .map_or(bytes.len(), |n| at + n);
+                out.extend_from_slice(&bytes[at..end]);
+                at = end;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+/// Where the JSON string starting at `start` (its opening quote) ends: just past its closing quote.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut at = start + 1;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'\\' => at += 2,
+            b'"' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    bytes.len()
 }
 
 fn format_of<B>(req: &Request<B>) -> Result<Format, Error> {
@@ -54,38 +185,52 @@ async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Bytes,
     }
 }
 
+/// A form field's value as text.
+///
+/// # Errors
+/// [`Error::BadRequest`] when it is not UTF-8 (JSON bodies are refused alike).
+fn form_text(field: &str, value: Cow<'_, [u8]>) -> Result<String, Error> {
+    match form::utf8(value) {
+        Ok(text) => Ok(text.into_owned()),
+        Err(_) => Err(Error::BadRequest(format!("the form field {field} is not UTF-8"))),
+    }
+}
+
 /// Parses and validates a publish body into an event.
 fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
-    let (topics, kind, data) = match format {
+    let mut topics = TopicSet::new(limits.max_topics);
+    let (kind, data) = match format {
         Format::Json => {
-            let value: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| Error::BadRequest(e.to_string()))?;
             // serde would also fill the struct from an array, by position; the contract's body is an object.
-            if !value.is_object() {
+            if body.trim_ascii_start().first() != Some(&b'{') {
                 return Err(Error::BadRequest("the body must be a JSON object".into()));
             }
-            let parsed = JsonEvent::deserialize(value).map_err(|e| Error::BadRequest(e.to_string()))?;
-            let data = match parsed.data {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(s)) => Some(s),
-                Some(other) => Some(other.to_string()),
-            };
-            (parsed.topic.into_iter().chain(parsed.topics).collect::<Vec<_>>(), parsed.kind, data)
+            let parsed: JsonEvent<'_> = serde_json::from_slice(body).map_err(|e| Error::BadRequest(e.to_string()))?;
+            if let Some(topic) = &parsed.topic {
+                topics.add(&topic.0)?;
+            }
+            if let Some(list) = parsed.topics {
+                add_json_topics(&mut topics, list)?;
+            }
+            let data = parsed.data.map(data_text).transpose()?;
+            (parsed.kind.map(|k| k.0.into_owned()), data)
         }
         Format::Form => {
-            let (mut topics, mut kind, mut data) = (Vec::new(), None, None);
-            for (key, value) in form_urlencoded::parse(body) {
+            let (mut kind, mut data) = (None, None);
+            // Topics are checked as they are read, so a body naming too many stops at the first too many.
+            // Bytes are kept as bytes: a value that is not UTF-8 is refused, never delivered with U+FFFD.
+            for (key, value) in form::pairs(body) {
                 match &*key {
-                    "topic" | "topics" => topics.push(value.into_owned()),
-                    "type" => kind = Some(value.into_owned()),
-                    "data" => data = Some(value.into_owned()),
+                    b"topic" | b"topics" => topics.add_bytes(&value)?,
+                    b"type" => kind = Some(form_text("type", value)?),
+                    b"data" => data = Some(form_text("data", value)?),
                     _ => {}
                 }
             }
-            (topics, kind, data)
+            (kind, data)
         }
     };
-    let topics = collect_topics(&topics, limits.max_topics)?;
+    let topics = topics.finish()?;
     let kind = validate_type(kind.as_deref())?;
     let data = data.ok_or(Error::MissingData)?;
     if data.len() > limits.max_event_size {
@@ -102,7 +247,7 @@ pub(super) async fn publish<B: RequestBody>(
     require_method(req.method(), &[Method::POST], "POST")?;
     // Who is publishing is settled before the body is read; what they may publish to, after.
     let grant = match &state.auth {
-        Some(auth) => Some(auth.authenticate_publisher(req.headers(), req.uri().query())?),
+        Some(auth) => Some(auth.authenticate_publisher(req.headers(), req.uri())?),
         None => None,
     };
     let format = format_of(&req)?;
@@ -153,10 +298,107 @@ mod tests {
     }
 
     #[test]
+    fn json_data_is_compacted_as_written() {
+        let limits = Limits { max_event_size: 1000, ..limits() };
+        let data = |data: &str| {
+            let body = format!(r#"{{"topic":"a","data":{data}}}"#);
+            parse_event(Format::Json, body.as_bytes(), &limits).unwrap().data
+        };
+        assert_eq!(data(" { \"b\" : [ 1 ,\n\t2 ] ,\r\n \"a\" : { } } "), r#"{"b":[1,2],"a":{}}"#);
+        assert_eq!(
+            data(r#"[1E5, -0, 12.50, 1e-7, 100000000000000000000000000001]"#),
+            "[1E5,-0,12.50,1e-7,100000000000000000000000000001]"
+        );
+        // Strings: spaces inside kept, escapes as serde_json writes them.
+        assert_eq!(
+            data(r#"{"k e y": "a b", "s": "\u00e9\/\"\\\n\t\u0001\ud83d\ude00"}"#),
+            "{\"k e y\":\"a b\",\"s\":\"é/\\\"\\\\\\n\\t\\u0001😀\"}"
+        );
+        assert_eq!(data(r#"["\\", "x\"", ""]"#), r#"["\\","x\"",""]"#);
+        assert_eq!(data(r#""\u00e9 \"x\"""#), "é \"x\"");
+        // Every data value compacts as a serde_json::Value would print it.
+        for value in [r#"{"z":{"y":"x\ny","a":null},"a":true}"#, r#"[ "\u00e9" , { "b" : 1.0 } ]"#, "-3.25e+10"] {
+            let printed = serde_json::from_str::<serde_json::Value>(value).unwrap().to_string();
+            assert_eq!(data(value), printed, "{value}");
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "-?(0|[1-9][0-9]{0,2})[.][0-9]{1,3}([eE][+-]?[0-9])?".prop_map(|n| serde_json::from_str(&n).unwrap()),
+            "(\\PC|[\"\\\\/\u{0}-\u{1f}\u{7f}\u{2028}])*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(("\\PC{0,4}", inner), 0..4)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever whitespace and escapes it was sent with, `data` is delivered as a `Value` prints it.
+        #[test]
+        fn json_data_is_delivered_as_a_value_prints_it(value in json_value()) {
+            let limits = Limits { max_event_size: 1 << 20, ..limits() };
+            // Pretty-printed (whitespace between tokens), with every non-ASCII character escaped.
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let escaped: String = pretty.chars().map(|c| if c.is_ascii() { c.to_string() } else {
+                c.encode_utf16(&mut [0; 2]).iter().map(|u| format!("\\u{u:04x}")).collect()
+            }).collect();
+            for sent in [pretty, escaped] {
+                let body = format!(r#"{{"topic":"a","data":{sent}}}"#);
+                let event = parse_event(Format::Json, body.as_bytes(), &limits);
+                match &value {
+                    serde_json::Value::Null => proptest::prop_assert!(matches!(event, Err(Error::MissingData))),
+                    serde_json::Value::String(text) => proptest::prop_assert_eq!(&event.unwrap().data, text),
+                    other => proptest::prop_assert_eq!(event.unwrap().data, other.to_string()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_body_shape() {
+        assert!(json(r#"  {"topic":"a","data":"x"}"#).is_ok());
+        assert!(json(r#"{"topic":"a","data":"x","unknown":[1,{"deep":true}]}"#).is_ok());
+        for bad in [
+            "",
+            "[]",
+            r#""s""#,
+            "\u{feff}{}",
+            r#"{"topic":"a","topic":"b","data":"x"}"#,
+            r#"{"topic":"a","data":"x"} x"#,
+        ] {
+            assert!(matches!(json(bad), Err(Error::BadRequest(_))), "{bad:?}");
+        }
+        assert_eq!(json(r#"{"topic":"a\/b","type":"t\u002e1","data":"x"}"#).unwrap().topics[0].as_ref(), "a/b");
+        assert_eq!(json(r#"{"topic":"a","type":"t\u002e1","data":"x"}"#).unwrap().kind.as_deref(), Some("t.1"));
+    }
+
+    #[test]
     fn json_topics_merge() {
         let e = json(r#"{"topic":"a","topics":["b","a"],"type":"","data":""}"#).unwrap();
         assert_eq!(e.topics.len(), 2);
         assert_eq!(e.kind, None);
+        let e = json(r#"{"data":"","topics":[ "c" , "a\/b","c" ],"topic":"d"}"#).unwrap();
+        assert_eq!(e.topics.iter().map(|t| &**t).collect::<Vec<_>>(), ["d", "c", "a/b"]);
+        // The list is read one topic at a time: nothing after the first topic too many matters.
+        let e = json(r#"{"topics":["a","b","c","d","e","not valid",5],"data":"x"}"#);
+        assert!(matches!(e, Err(Error::TooManyTopics { count: 5, max: 4 })), "{e:?}");
+        let e = json(r#"{"topics":["a","not valid","b","c","d","e"],"data":"x"}"#);
+        assert!(matches!(e, Err(Error::BadTopic(_))), "{e:?}");
+        for bad in [r#"{"topics":"a","data":"x"}"#, r#"{"topics":["a",5],"data":"x"}"#, r#"{"topics":{},"data":"x"}"#] {
+            assert!(matches!(json(bad), Err(Error::BadRequest(_))), "{bad}");
+        }
+        assert!(matches!(json(r#"{"topics":[],"data":"x"}"#), Err(Error::NoTopic)));
+        assert!(json(r#"{"topics":null,"topic":"a","data":"x"}"#).is_ok());
     }
 
     #[test]
@@ -177,5 +419,14 @@ mod tests {
         assert_eq!(e.kind.as_deref(), Some("t"));
         assert_eq!(e.data, "x y");
         assert!(matches!(parse_event(Format::Form, b"topic=a", &limits()), Err(Error::MissingData)));
+    }
+
+    #[test]
+    fn form_values_must_be_utf8() {
+        let form = |body: &[u8]| parse_event(Format::Form, body, &limits());
+        assert!(matches!(form(b"topic=a&data=caf%E9"), Err(Error::BadRequest(_))));
+        assert!(matches!(form(b"topic=a&type=t%FF&data=x"), Err(Error::BadRequest(_))));
+        assert!(matches!(form(b"topic=caf%E9&data=x"), Err(Error::BadTopic(_))));
+        assert_eq!(form(b"topic=a&data=caf%C3%A9&other=%FF").unwrap().data, "café");
     }
 }

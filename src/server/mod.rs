@@ -22,7 +22,6 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::front::Sniffed;
 use self::rewind::Rewind;
-use crate::auth::Auth;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
 use crate::http::{App, AppState, Limits};
@@ -112,7 +111,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let auth = Auth::from_config(&config)?;
+    let auth = config.auth()?;
     let statics = config.static_site()?;
     let metrics = Arc::new(Metrics::default());
     let backend = build_backend(&config, &metrics)?;
