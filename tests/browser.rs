@@ -135,3 +135,13 @@ fn tabs_without_web_locks() {
 fn shared_403_stays_with_its_tab() {
     run("shared_403_stays_with_its_tab");
 }
+
+#[test]
+fn demo_windows_stay_in_sync() {
+    run("demo_windows_stay_in_sync");
+}
+
+#[test]
+fn demo_memory_restart_shows_reset() {
+    run("demo_memory_restart_shows_reset");
+}

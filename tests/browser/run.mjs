@@ -4,9 +4,10 @@
 
 import * as client from "./client.mjs";
 import * as sharing from "./sharing.mjs";
+import * as demo from "./demo.mjs";
 import { stopAll, launchBrowser } from "./lib.mjs";
 
-const scenarios = { ...client, ...sharing };
+const scenarios = { ...client, ...sharing, ...demo };
 const name = process.argv[2];
 const scenario = scenarios[name];
 if (!scenario) {
