@@ -511,19 +511,11 @@
     }
 
     on(type, fn) {
-      if (typeof fn !== "function") throw new TypeError("on(type, fn): fn must be a function");
-      const list = this._listeners.get(type) || [];
-      list.push({ fn, once: false });
-      this._listeners.set(type, list);
-      return this;
+      return this._listen(type, fn, false);
     }
 
     once(type, fn) {
-      if (typeof fn !== "function") throw new TypeError("once(type, fn): fn must be a function");
-      const list = this._listeners.get(type) || [];
-      list.push({ fn, once: true });
-      this._listeners.set(type, list);
-      return this;
+      return this._listen(type, fn, true);
     }
 
     /** Removes `fn` from `type`; without `fn`, every listener of `type`; without arguments, all of them. */
@@ -565,6 +557,14 @@
     }
 
     // -- internals ------------------------------------------------------------------------------------
+
+    _listen(type, fn, once) {
+      if (typeof fn !== "function") throw new TypeError(`${once ? "once" : "on"}(type, fn): fn must be a function`);
+      const list = this._listeners.get(type) || [];
+      list.push({ fn, once });
+      this._listeners.set(type, list);
+      return this;
+    }
 
     _setTopics(next) {
       if (this._closed || sameSet(next, this._topics)) return;

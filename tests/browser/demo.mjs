@@ -1,7 +1,7 @@
 // The demo page at `/` (static/index.html, built into the binary): a shared task list that several windows
 // keep in sync through Herald, across a Herald restart.
 
-import { Herald, Redis, assert, assertEqual, freePort, screenshot, sleep, waitFor, watchPage } from "./lib.mjs";
+import { Herald, assert, diagnose, assertEqual, freePort, screenshot, sleep, twoNodes, waitFor, watchPage } from "./lib.mjs";
 
 async function startHerald(ctx, args, options) {
   const h = await Herald.start(args, options);
@@ -27,7 +27,11 @@ function tasks(page) {
 }
 
 async function waitTasks(page, expected, label, ms = 10000) {
-  await waitFor(`${label} to show ${JSON.stringify(expected)}`, async () => JSON.stringify(await tasks(page)) === JSON.stringify(expected), ms);
+  try {
+    await waitFor(`${label} to show ${JSON.stringify(expected)}`, async () => JSON.stringify(await tasks(page)) === JSON.stringify(expected), ms);
+  } catch (e) {
+    throw new Error(`${e.message}; it shows ${JSON.stringify(await tasks(page))}; client: ${await diagnose(page, "herald")}`);
+  }
 }
 
 async function add(page, text) {
@@ -45,12 +49,10 @@ function row(page, text) {
  * another node, and every window ends with it: nothing lost.
  */
 export async function demo_windows_stay_in_sync(ctx) {
-  const redis = await Redis.start();
+  const nodes = await twoNodes((args, options) => startHerald(ctx, args, options), ["--retry", "300"]);
   try {
-    const port = await freePort();
-    const args = ["--redis-url", redis.url, "--retry", "300"];
-    let a = await startHerald(ctx, args, { port });
-    const b = await startHerald(ctx, args);
+    const { b } = nodes;
+    let { a } = nodes;
     const one = await ctx.browser.newContext({ viewport: { width: 1180, height: 760 } });
     const two = await ctx.browser.newContext();
     const w1 = await openDemo(ctx, a, one, "w1");
@@ -85,7 +87,7 @@ export async function demo_windows_stay_in_sync(ctx) {
     await a.stop();
     await waitFor("w1 to notice", () => w1.evaluate(() => window.herald.state === "connecting"));
     await b.publish("demo/tasks/main", JSON.stringify({ id: "while-down", text: "Added while Herald was down" }), "task.added");
-    a = await startHerald(ctx, args, { port });
+    a = await nodes.restartA();
     const after = [...list, "Added while Herald was down"];
     for (const [w, l] of [[w1, "w1"], [w2, "w2"], [w3, "w3"], [w4, "w4"]]) await waitTasks(w, after, l, 20000);
     for (const w of [w1, w2, w3, w4]) {
@@ -95,12 +97,14 @@ export async function demo_windows_stay_in_sync(ctx) {
     for (const [w, l] of [[w1, "w1"], [w2, "w2"], [w3, "w3"], [w4, "w4"]]) await waitTasks(w, [...after, "Still in sync"], l);
     // A reload resumes from the window's last id, with its list.
     await w2.reload();
-    await waitFor("w2 open after a reload", () => w2.evaluate(() => window.herald.state === "open"));
+    await waitFor("w2 open after a reload", () => w2.evaluate(() => window.herald.state === "open")).catch(async (e) => {
+      throw new Error(`${e.message}: w2 ${await diagnose(w2, "herald")}; w4 ${await diagnose(w4, "herald")}`);
+    });
     await waitTasks(w2, [...after, "Still in sync"], "w2 after its reload");
     await sleep(300);
     await screenshot(w1, "demo");
   } finally {
-    redis.stop();
+    nodes.stop();
   }
 }
 

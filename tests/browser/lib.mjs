@@ -221,10 +221,11 @@ export class Publisher {
       const topic = this.topics[i++ % this.topics.length];
       const seq = this.seq.get(topic) + 1;
       const target = typeof this.target === "function" ? this.target() : this.target;
+      const startedAt = Date.now();
       try {
         const id = await target.publish(topic, JSON.stringify({ topic, seq }), this.type, this.token);
         this.seq.set(topic, seq);
-        this.sent.push({ topic, seq, id });
+        this.sent.push({ topic, seq, id, startedAt, doneAt: Date.now() });
       } catch (_) {
         // The node is down (a test restarts it): publish the same number again.
         this.failures++;
@@ -240,6 +241,11 @@ export class Publisher {
   async stop() {
     this.stopped = true;
     await this.done;
+  }
+
+  /** The sequence numbers of `topic` whose publish started after `from` and was answered before `to` (ms). */
+  between(topic, from, to) {
+    return this.sent.filter((s) => s.topic === topic && s.startedAt > from && s.doneAt < to).map((s) => s.seq);
   }
 
   /** The last sequence number published per topic. */
@@ -292,6 +298,20 @@ export class Redis {
   }
 }
 
+/**
+ * Two herald nodes on one fresh redis-server, started with `start(args, options)`: `a` on a fixed port (so that a
+ * page of its origin can reconnect after `restartA()`), `b` on any. `stop()` stops the redis-server.
+ */
+export async function twoNodes(start, extraArgs = []) {
+  const redis = await Redis.start();
+  const port = await freePort();
+  const args = ["--redis-url", redis.url, ...extraArgs];
+  const nodes = { redis, port, a: await start(args, { port }), b: await start(args) };
+  nodes.restartA = async () => (nodes.a = await start(args, { port }));
+  nodes.stop = () => redis.stop();
+  return nodes;
+}
+
 // -------------------------------------------------------------------------------------------------------
 // Chromium
 // -------------------------------------------------------------------------------------------------------
@@ -318,6 +338,27 @@ export async function launchBrowser() {
 export async function screenshot(page, name) {
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: true });
+}
+
+/** What a page's Herald client (`window[name]`) knows, for failure reports: its state, role, cursor, share state. */
+export async function diagnose(page, name = "h") {
+  return page
+    .evaluate((n) => {
+      const h = window[n];
+      if (!h) return "no client";
+      const s = h._share;
+      const share = s && {
+        term: s.term,
+        holder: s.holderId && s.holderId.slice(0, 6),
+        me: s.id.slice(0, 6),
+        cov: s.cov,
+        holderState: s.holderState,
+        members: [...s.members].map(([id, m]) => [id.slice(0, 6), m.topics, m.cursor, m.cov, m.fresh]),
+        hold: s.hold && { state: s.hold.state, stream: s.hold.stream, cursor: s.hold.cursor, gen: s.hold.gen },
+      };
+      return JSON.stringify({ state: h.state, role: h.role, cursor: h.lastEventId, topics: h.topics, share });
+    }, name)
+    .catch((e) => "unreachable: " + e.message);
 }
 
 /** Collects a page's console output and errors, for the failure report. */
