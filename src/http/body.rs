@@ -438,11 +438,7 @@ impl EventStream {
     }
 
     fn written(&mut self, chunk: Bytes, events: u64) -> Bytes {
-        let metrics = &self.settings.metrics;
-        if events > 0 {
-            metrics.events_delivered.fetch_add(events, Relaxed);
-        }
-        metrics.bytes_written.fetch_add(chunk.len() as u64, Relaxed);
+        self.settings.metrics.wrote(events, chunk.len() as u64);
         self.last_activity = Instant::now();
         chunk
     }
