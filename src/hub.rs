@@ -357,6 +357,14 @@ impl MailboxState {
     }
 }
 
+/// Keeps `cx`'s waker in `slot` (cloning it only when it is a different task's).
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Push {
     Queued,
@@ -412,6 +420,10 @@ impl Mailbox {
 
     /// Moves up to `max` queued events into `out`, or reports lag or closure, or registers the task to be
     /// woken by the next push.
+    ///
+    /// A drain that leaves the queue empty (fewer than `max` events moved) also registers the task, so the
+    /// caller, once it has written them, may return `Pending` without polling the mailbox again: anything
+    /// pushed meanwhile wakes the task, which is then polled again.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Arc<Event>>, max: usize) -> Poll<Drained> {
         let mut state = lock(&self.state);
         if state.lagged {
@@ -419,19 +431,23 @@ impl Mailbox {
         }
         if !state.queue.is_empty() {
             let n = state.queue.len().min(max);
-            out.extend(state.queue.drain(..n));
-            if state.queue.is_empty() && state.queue.capacity() > 64 {
-                state.queue = VecDeque::new();
+            // Usually one event: popping is cheaper than a `Drain`.
+            out.reserve(n);
+            for _ in 0..n {
+                out.extend(state.queue.pop_front());
+            }
+            if state.queue.is_empty() {
+                if state.queue.capacity() > 64 {
+                    state.queue = VecDeque::new();
+                }
+                register(&mut state.waker, cx);
             }
             return Poll::Ready(Drained::Events);
         }
         if state.closed {
             return Poll::Ready(Drained::Closed);
         }
-        match &mut state.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
+        register(&mut state.waker, cx);
         Poll::Pending
     }
 

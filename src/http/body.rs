@@ -181,6 +181,9 @@ pub struct EventStream {
     chunked: bool,
     /// Whether events carry a `topics:` line (`tagTopics=1`).
     tagged: bool,
+    /// The last drain emptied the mailbox and registered this task for the next push: until it is polled
+    /// again, there is nothing to ask the mailbox (saves a lock per delivery).
+    drained: bool,
     _permit: StreamPermit,
 }
 
@@ -212,6 +215,7 @@ impl EventStream {
             batch: Vec::new(),
             chunked: false,
             tagged: false,
+            drained: false,
             _permit: permit,
         }
     }
@@ -332,9 +336,14 @@ impl EventStream {
                         self.phase = Phase::Done;
                         continue;
                     }
+                    if std::mem::take(&mut self.drained) {
+                        // Emptied by the previous poll, which registered this task with the mailbox.
+                        return self.poll_heartbeat(cx);
+                    }
                     let mailbox = self.registration.mailbox();
                     match mailbox.poll_drain(cx, &mut self.batch, MAX_BATCH_EVENTS) {
                         Poll::Ready(Drained::Events) => {
+                            self.drained = self.batch.len() < MAX_BATCH_EVENTS;
                             if let Some(chunk) = self.encode_batch() {
                                 return Poll::Ready(Some(chunk));
                             }
@@ -361,6 +370,16 @@ impl EventStream {
     /// duplicates. Stops at [`MAX_BATCH_BYTES`]; what is left goes first next time. A single event is
     /// written as its shared bytes; several are copied into one buffer.
     fn encode_batch(&mut self) -> Option<Bytes> {
+        if self.batch.len() == 1 && !self.tagged {
+            // The common case at low rates: one event, its shared bytes as they are.
+            let event = self.batch.pop()?;
+            if event.id <= self.last_sent {
+                return None;
+            }
+            self.last_sent = event.id;
+            let chunk = if self.chunked { event.chunk.wire().clone() } else { event.chunk.payload() };
+            return Some(self.written(chunk, 1));
+        }
         let before = self.last_sent;
         let (mut consumed, mut count, mut bytes) = (0, 0, 0);
         for event in &self.batch {

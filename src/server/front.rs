@@ -230,19 +230,17 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
     drop(head);
     let events = body;
     loop {
-        let next = std::future::poll_fn(|cx| {
-            if peer_gone(stream, cx) {
-                return Poll::Ready(Next::PeerGone);
-            }
-            match Pin::new(&mut *events).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Poll::Ready(Next::Chunk(data)),
-                    Err(_) => Poll::Ready(Next::End),
-                },
-                Poll::Ready(Some(Err(never))) => match never {},
-                Poll::Ready(None) => Poll::Ready(Next::End),
-                Poll::Pending => Poll::Pending,
-            }
+        // The peer is checked only when there is nothing to write: once per wake-up rather than twice per
+        // delivery (a write to a peer that has gone fails anyway).
+        let next = std::future::poll_fn(|cx| match Pin::new(&mut *events).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Next::Chunk(data)),
+                Err(_) => Poll::Ready(Next::End),
+            },
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Ready(None) => Poll::Ready(Next::End),
+            Poll::Pending if peer_gone(stream, cx) => Poll::Ready(Next::PeerGone),
+            Poll::Pending => Poll::Pending,
         })
         .await;
         match next {
