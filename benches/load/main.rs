@@ -44,6 +44,9 @@
 //!    (warm-up events have a `w` before the seq). The schedule is computed (event k is due at
 //!    `start + k/rate`); a late publisher sends at once to catch up, and publishing stops at
 //!    `1.2 × duration + 1 s` at the latest (unsent events are reported as `skipped`).
+//!    With `--probe-rate R`, R events/s also go, one request at a time over one more connection, to
+//!    `probe/0`, a topic nobody subscribes to; their round trips are reported apart (`probe_rtt`): what a
+//!    publisher of a quiet topic sees while the fan-out runs.
 //! 5. Waits `--drain` seconds for stragglers (less when everything has arrived and the connections are
 //!    in this process), samples the server again, and closes the subscriptions, by default with a
 //!    reset (SO_LINGER 0) so that back-to-back runs do not find their ports in TIME_WAIT
@@ -217,6 +220,11 @@ pub(crate) struct Args {
     /// Concurrent keep-alive HTTP connections used for POST /publish.
     #[arg(long, default_value_t = 4)]
     pub(crate) publishers: usize,
+    /// Also publish this many events/s, during the measured phase, to a topic no connection subscribes
+    /// to (`probe/0`), one request at a time over one more keep-alive connection, and report their
+    /// round trips apart (`probe_rtt`): what a publisher of a quiet topic sees while the fan-out runs.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) probe_rate: f64,
     /// Size in bytes of each event's data (at least the seq and timestamp are sent).
     #[arg(long, default_value_t = 64)]
     pub(crate) payload: usize,

@@ -261,3 +261,54 @@ pub(crate) async fn probe(target: &Target) -> Result<u16, String> {
         timeout(Duration::from_secs(3), read_head(&mut s, &mut buf)).await.map_err(|_| "timeout".to_string())??;
     Ok(head.status)
 }
+
+/// Publishes `rate` events/s for `secs_` seconds to `probe/0`, a topic no connection subscribes to, one
+/// request at a time over one keep-alive connection to the first URL (`--probe-rate`); returns the round
+/// trips of those that succeeded.
+pub(crate) async fn probe_phase(cfg: Arc<PubCfg>, rate: f64, secs_: f64) -> Latency {
+    let target = &cfg.target.targets[0];
+    let base = &target.base;
+    let rtt = Hist::new();
+    let start = tokio::time::Instant::now();
+    let total = (rate * secs_).round().max(0.0) as u64;
+    let deadline = start + secs(secs_ * 1.2 + 1.0);
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = Vec::with_capacity(1024);
+    for k in 0..total {
+        let due = start + Duration::from_secs_f64(k as f64 / rate);
+        if due > deadline {
+            break;
+        }
+        sleep_until(due).await;
+        if conn.is_none() {
+            conn = timeout(cfg.req_timeout, connect_pub(&cfg, target)).await.ok().and_then(Result::ok);
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        let (path, ctype, body) = match cfg.target.kind {
+            TargetKind::Herald => {
+                (format!("{base}/publish"), "application/json", format!(r#"{{"topic":"probe/0","data":"probe {k}"}}"#))
+            }
+            TargetKind::Nchan => (format!("{base}/pub/probe/0"), "text/plain", format!("probe {k}")),
+        };
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            target.host,
+            body.len()
+        );
+        let t0 = Instant::now();
+        match timeout(cfg.req_timeout, roundtrip(s, req.as_bytes(), &mut buf)).await {
+            Ok(Ok((status, keep))) => {
+                if (200..300).contains(&status) {
+                    rtt.record(t0.elapsed().as_nanos() as u64);
+                }
+                if !keep {
+                    conn = None;
+                }
+            }
+            _ => conn = None,
+        }
+    }
+    let mut dense = DenseHist::new();
+    dense.add_sparse(&rtt.sparse(), rtt.max_ns.load(Ordering::SeqCst));
+    dense.summary()
+}

@@ -59,6 +59,9 @@ pub(crate) struct Report {
     pub(crate) publish_achieved_rate: f64,
     pub(crate) publish_behind_max_ms: f64,
     pub(crate) publish_rtt: Latency,
+    /// Round trips of `--probe-rate`'s publishes to a quiet topic (absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) probe_rtt: Option<Latency>,
     pub(crate) expected_deliveries: u64,
     pub(crate) delivered: u64,
     pub(crate) delivered_per_sec: Option<f64>,
@@ -303,7 +306,12 @@ pub(crate) async fn parent_main(args: Args) -> Result<(), String> {
     let self_mark = sample_proc("self");
     let srv_mark_v = sample("publish start");
     let srv_mark = sum_samples(&srv_mark_v);
+    let probe =
+        (args.probe_rate > 0.0).then(|| tokio::spawn(probe_phase(pcfg.clone(), args.probe_rate, args.duration)));
     let p = publish_phase(pcfg, "", args.duration).await;
+    if let Some(probe) = probe {
+        rep.probe_rtt = probe.await.ok();
+    }
     let expected: u64 = p.per_topic_ok.iter().zip(&subs).map(|(a, b)| a * b).sum();
     // Drain: in-process we can stop as soon as everything arrived.
     let drain_end = Instant::now() + secs(args.drain);
@@ -478,6 +486,15 @@ pub(crate) fn print_report(r: &Report) {
     );
     for (e, n) in &r.publish_errors {
         println!("  publish error x{n}: {e}");
+    }
+    if let Some(probe) = &r.probe_rtt {
+        println!(
+            "probe (quiet topic): {} publishes, request p50 {} p99 {} max {} ms",
+            probe.count,
+            fmt_ms(probe.p50_ms),
+            fmt_ms(probe.p99_ms),
+            fmt_ms(probe.max_ms)
+        );
     }
     println!(
         "delivery: expected {}, delivered {} ({}/s over {} s), missing {}, unexpected {}, duplicates {}, out-of-order {}, resets {}, closed early {}",
