@@ -181,6 +181,9 @@ pub struct EventStream {
     chunked: bool,
     /// Whether events carry a `topics:` line (`tagTopics=1`).
     tagged: bool,
+    /// The heartbeat timer's last poll was `Pending`: it is registered with this task, and until its deadline
+    /// there is nothing to ask it (saves a timer poll per delivery).
+    timer_armed: bool,
     /// The last drain emptied the mailbox and registered this task for the next push: until it is polled
     /// again, there is nothing to ask the mailbox (saves a lock per delivery).
     drained: bool,
@@ -215,6 +218,7 @@ impl EventStream {
             batch: Vec::new(),
             chunked: false,
             tagged: false,
+            timer_armed: false,
             drained: false,
             _permit: permit,
         }
@@ -238,6 +242,7 @@ impl EventStream {
         self.ends_at = Some(at);
         let wake = self.next_wake(self.last_activity);
         self.heartbeat.as_mut().reset(wake);
+        self.timer_armed = false;
     }
 
     /// When the timer should next fire if the stream stays silent from `from`: the heartbeat's
@@ -466,8 +471,15 @@ impl EventStream {
     /// on every write (that would cost a timer update per event); when it fires early it is re-armed
     /// from the last write.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.timer_armed && Instant::now() < self.heartbeat.deadline() {
+            // Registered with this task and not due: polling it again would change nothing.
+            return Poll::Pending;
+        }
         loop {
-            ready!(self.heartbeat.as_mut().poll(cx));
+            self.timer_armed = self.heartbeat.as_mut().poll(cx).is_pending();
+            if self.timer_armed {
+                return Poll::Pending;
+            }
             if self.has_expired() {
                 self.phase = Phase::Done;
                 return Poll::Ready(None);

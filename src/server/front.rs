@@ -229,6 +229,10 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
     write_within(stream, &head, limit).await?;
     drop(head);
     let events = body;
+    // The last peer check left this task registered for the socket's read readiness: until that readiness
+    // comes there is nothing new to learn about the peer, and a look at tokio's readiness flags (no system
+    // call, no lock) stands in for registering again.
+    let mut watching = false;
     loop {
         // The peer is checked only when there is nothing to write: once per wake-up rather than twice per
         // delivery (a write to a peer that has gone fails anyway).
@@ -239,8 +243,12 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
             },
             Poll::Ready(Some(Err(never))) => match never {},
             Poll::Ready(None) => Poll::Ready(Next::End),
+            Poll::Pending if watching && nothing_to_read(stream) => Poll::Pending,
             Poll::Pending if peer_gone(stream, cx) => Poll::Ready(Next::PeerGone),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                watching = true;
+                Poll::Pending
+            }
         })
         .await;
         match next {
@@ -271,6 +279,13 @@ async fn write_within(stream: &mut TcpStream, data: &[u8], limit: Duration) -> i
         }
     }
     Ok(())
+}
+
+/// Whether tokio has seen no read readiness on the socket since it was last found empty (a read with an empty
+/// buffer fails with `WouldBlock` before any system call then; otherwise it may read 0 bytes, and the caller
+/// does the full [`peer_gone`] check).
+fn nothing_to_read(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut []), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Whether the peer has closed its side (or the socket failed); discards anything it sends meanwhile
