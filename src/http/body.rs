@@ -663,6 +663,41 @@ mod tests {
         assert!(text(&ready_chunks(&mut fresh).0).contains(&after.to_string()));
     }
 
+    /// Wakes counted, for a task that is never really polled.
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A drain that empties the mailbox registers the task, so the stream returns `Pending` without asking
+    /// the mailbox again (issue 8): an event pushed in between must wake the task, and the next poll must
+    /// find it.
+    #[tokio::test]
+    async fn an_event_pushed_after_a_drain_wakes_the_stream() {
+        let node = node(10, 16);
+        let mut stream = node.open(&["a"], false).await;
+        let wakes = Arc::new(CountWakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(stream.poll_next_chunk(&mut cx), Poll::Ready(Some(_))), "the head");
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        let first = node.publish(&["a"], "1").await;
+        assert_eq!(wakes.0.load(Relaxed), 1);
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the first event") };
+        assert!(text(&[chunk]).contains(&first.to_string()));
+        // Pushed after the drain that emptied the mailbox, before the stream parks.
+        let second = node.publish(&["a"], "2").await;
+        assert_eq!(wakes.0.load(Relaxed), 2, "the push did not wake the stream");
+        // The stream parks on the drain's registration; the wake makes the task poll it again.
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the second event") };
+        assert!(text(&[chunk]).contains(&second.to_string()));
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+    }
+
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
     #[test]
     fn heartbeats_of_connections_opened_together_are_spread() {
