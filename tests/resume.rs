@@ -229,6 +229,53 @@ async fn future_id_resets() {
     assert!(before_live.is_empty() || before_live == a, "after reset got {before_live:?}");
 }
 
+/// Extreme but well-formed ids, and ids at and past the 64-byte limit, are never an HTTP error: each opens a
+/// stream, with `herald.reset` for the reason API.md gives, then what is retained, then live.
+#[tokio::test]
+async fn extreme_ids_open_a_stream_with_the_right_reset() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let max = u64::MAX;
+    let now = id_key(&publish(addr, &["other"], None, "now").await).0;
+    type Make = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(Make, Option<&str>)> = vec![
+        (Box::new(move |_| format!("{max}-{max}")), Some("unknown_id")),
+        (Box::new(move |_| format!("{max}-0")), Some("unknown_id")),
+        (Box::new(move |_| format!("{}-{max}", now + 1_000_000)), Some("unknown_id")),
+        (Box::new(move |_| format!("0-{max}")), Some("history_lost")),
+        (Box::new(move |_| format!("{}-{max}", now - 1_000_000)), Some("history_lost")),
+        // The first retained id padded with zeros to 64 bytes is that id; one more byte is not an id.
+        (Box::new(|first| pad(first, 64)), None),
+        (Box::new(|first| pad(first, 65)), Some("malformed_id")),
+        (Box::new(move |_| format!("{}-0", "9".repeat(62))), Some("malformed_id")),
+    ];
+    for (i, (last, reason)) in cases.into_iter().enumerate() {
+        let topic = format!("extreme/{i}");
+        let a = publish_n(addr, &topic, 2).await;
+        let last = last(&a[0]);
+        let mut c = SseClient::connect(addr, &events_path(&[&topic], ""), &[("Last-Event-ID", &last)]).await;
+        assert_eq!(c.status, 200, "Last-Event-ID {last:?} answered {}", c.status);
+        let mut first = c.next_event(T).await;
+        if let Some(reason) = reason {
+            let (topics, got) = reset_payload(&first);
+            assert_eq!((topics, got.as_str()), (vec![topic.clone()], reason), "Last-Event-ID {last:?}");
+            first = c.next_event(T).await;
+            assert_eq!(first.id(), a[0], "Last-Event-ID {last:?}: everything retained follows the reset");
+            first = c.next_event(T).await;
+        }
+        assert_eq!(first.id(), a[1], "Last-Event-ID {last:?}");
+        let live = publish(addr, &[&topic], None, "live").await;
+        assert_eq!(c.next_event(T).await.id(), live, "Last-Event-ID {last:?}: then live");
+    }
+}
+
+/// `id` with its sequence number padded with leading zeros to `len` bytes.
+fn pad(id: &str, len: usize) -> String {
+    let (ms, seq) = id_key(id);
+    let width = len - ms.to_string().len() - 1;
+    format!("{ms}-{seq:0>width$}")
+}
+
 #[tokio::test]
 async fn restart_loses_history_and_resets() {
     let old_id = {
@@ -455,6 +502,7 @@ mod on_redis {
         history_ttl_expires_events_and_resets,
         malformed_ids_reset_all_topics,
         future_id_resets,
+        extreme_ids_open_a_stream_with_the_right_reset,
         resume_race_no_gap_no_duplicate,
     );
 }

@@ -234,7 +234,13 @@ pub(super) async fn read_snapshot(
     for topic in topics {
         invocation.key(stream_key(topic));
     }
-    invocation.arg(after.to_string()).arg(ttl_ms);
+    // The first id after `after`, if any: an exclusive `(<id>` range would overflow at `u64::MAX-u64::MAX`.
+    let first = match (after.ms, after.seq) {
+        (u64::MAX, u64::MAX) => String::new(),
+        (ms, u64::MAX) => EventId::new(ms + 1, 0).to_string(),
+        (ms, seq) => EventId::new(ms, seq + 1).to_string(),
+    };
+    invocation.arg(first).arg(ttl_ms);
     let reply: Vec<Value> = invocation.invoke_async(con).await?;
     let mut snapshot = Snapshot {
         last_issued: reply.first().and_then(id_of),

@@ -127,8 +127,9 @@ return false
 
 /// Reads what a resuming client needs, in one consistent snapshot.
 ///
-/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the id to read after,
-/// `ARGV[2]`: the history age limit in milliseconds (`0` for none): older entries are deleted first, as the
+/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the first id to read
+/// (inclusive: the id after the client's, made in Rust, because `(<id>` fails for `u64::MAX-u64::MAX`), or
+/// `""` to read no entries, `ARGV[2]`: the history age limit in milliseconds (`0` for none): older entries are deleted first, as the
 /// publish script would have, so that a topic nobody publishes to still expires and reports it.
 /// Returns `[last-id or nil, epoch or nil, then per topic: max-deleted-entry-id, entries after the id]`.
 pub(super) const READ: &str = r"
@@ -154,7 +155,7 @@ for i = 3, #KEYS do
     end
   end
   out[#out + 1] = deleted
-  out[#out + 1] = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1], '+')
+  if ARGV[1] == '' then out[#out + 1] = {} else out[#out + 1] = redis.call('XRANGE', KEYS[i], ARGV[1], '+') end
 end
 return out
 ";
