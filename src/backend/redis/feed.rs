@@ -24,7 +24,7 @@ use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::scripts::{channel, id_of, Message, LAST_ID_KEY};
+use super::scripts::{channel, checked_event, id_of, Message, LAST_ID_KEY};
 use super::COMMAND_TIMEOUT;
 use crate::hub::Hub;
 use crate::id::EventId;
@@ -263,7 +263,7 @@ impl Feed {
         }
         let topics: Vec<Topic> = self.subscribed.iter().cloned().collect();
         let mut con = self.commands.clone();
-        let read = super::read_snapshot(&mut con, &self.read, &topics, after, self.ttl_ms);
+        let read = super::read_snapshot(&mut con, &self.read, &topics, after, self.ttl_ms, &self.metrics);
         let snapshot = self.command(read).await?;
         Metrics::add(&self.metrics.backend_catchup_reads, topics.len() as u64);
         let mut events = snapshot.events;
@@ -306,25 +306,36 @@ impl Feed {
         Ok(())
     }
 
-    /// Decodes a pub/sub message and dispatches it unless it was already dispatched.
+    /// Decodes a pub/sub message and dispatches it unless it was already dispatched. A message that is not a
+    /// valid event (see [`checked_event`]) is dropped and counted; its id, if well-formed, still counts as
+    /// seen, so that ids keep rising past it.
     fn on_message(&mut self, payload: &[u8]) {
         let message: Message = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
                 tracing::warn!(cause = %e, "ignoring a pub/sub message that is not a herald event");
                 return;
             }
         };
         let Ok(id) = message.id.parse::<EventId>() else {
-            tracing::warn!(id = %message.id, "ignoring a pub/sub message with a malformed id");
+            Metrics::inc(&self.metrics.backend_invalid_events);
+            tracing::warn!("ignoring a pub/sub message with a malformed id");
             return;
         };
         if self.last.is_some_and(|last| id <= last) {
             return;
         }
-        let topics: Box<[Topic]> = message.topics.iter().map(|t| Topic::from(t.as_str())).collect();
-        let kind = message.kind.as_deref().filter(|k| !k.is_empty());
-        self.dispatch(Arc::new(Event::new(id, topics, kind, &message.data)));
+        let topics = message.topics.iter().map(String::as_str);
+        match checked_event(id, topics, message.kind.as_deref(), &message.data) {
+            Some(event) => self.dispatch(Arc::new(event)),
+            None => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
+                tracing::warn!(%id, "ignoring a pub/sub message that is not a valid herald event (bad type or topic)");
+                self.last = Some(id);
+                self.state.saw(id);
+            }
+        }
     }
 
     fn dispatch(&mut self, event: Arc<Event>) {

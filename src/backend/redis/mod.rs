@@ -204,7 +204,7 @@ impl RedisBackend {
     /// One snapshot of the history of `topics` after `after`.
     async fn read(&self, topics: &[Topic], after: EventId) -> Result<Snapshot, Error> {
         let mut con = self.commands.clone();
-        self.command(read_snapshot(&mut con, &self.read, topics, after, self.history.ttl_ms())).await
+        self.command(read_snapshot(&mut con, &self.read, topics, after, self.history.ttl_ms(), &self.metrics)).await
     }
 }
 
@@ -221,13 +221,15 @@ pub(super) struct Snapshot {
     pub(super) events: Vec<crate::sse::Event>,
 }
 
-/// Runs the read script (see [`scripts::READ`]) for `topics` after `after`.
+/// Runs the read script (see [`scripts::READ`]) for `topics` after `after`; invalid entries are dropped
+/// and counted in `metrics`.
 pub(super) async fn read_snapshot(
     con: &mut ConnectionManager,
     script: &Script,
     topics: &[Topic],
     after: EventId,
     ttl_ms: u64,
+    metrics: &Metrics,
 ) -> redis::RedisResult<Snapshot> {
     let mut invocation = script.prepare_invoke();
     invocation.key(LAST_ID_KEY).key(EPOCH_KEY);
@@ -253,7 +255,7 @@ pub(super) async fn read_snapshot(
             snapshot.trimmed.push(topic.clone());
         }
         if let Some(entries) = pair.get(1) {
-            decode_entries(entries, &mut snapshot.events);
+            Metrics::add(&metrics.backend_invalid_events, decode_entries(entries, &mut snapshot.events));
         }
     }
     Ok(snapshot)
