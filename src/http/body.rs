@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{Backend, Replay};
+use crate::backend::{Backend, History, PageStream, Replay};
 use crate::error::Error;
 use crate::hub::{Drained, Registration};
 use crate::id::{EventId, LastEventId};
@@ -106,6 +106,8 @@ type CatchUp = Pin<Box<dyn Future<Output = Result<Replay, Error>> + Send>>;
 enum Phase {
     /// Replayed events still to write, in id order.
     Replay(std::vec::IntoIter<Arc<Event>>),
+    /// A resume whose history comes in pages: the page being written, then the pages still to read.
+    Paged(Box<(std::vec::IntoIter<Arc<Event>>, PageStream)>),
     /// Live events from the mailbox.
     Live,
     /// The mailbox overflowed; history is being read from the last id sent.
@@ -118,6 +120,7 @@ impl std::fmt::Debug for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Phase::Replay(_) => "Replay",
+            Phase::Paged(_) => "Paged",
             Phase::Live => "Live",
             Phase::CatchUp(_) => "CatchUp",
             Phase::Done => "Done",
@@ -174,23 +177,28 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order)
-    /// follows, then live events newer than both `last_sent` and the replay.
+    /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order, read
+    /// page by page as the client takes it) follows, then live events newer than both `last_sent` and the
+    /// replay.
     pub fn new(
         settings: Arc<StreamSettings>,
         registration: Registration,
         permit: StreamPermit,
         head: Bytes,
-        replay: Vec<Arc<Event>>,
+        replay: History,
         last_sent: EventId,
     ) -> Self {
         let now = Instant::now();
+        let phase = match replay.more {
+            None => Phase::Replay(replay.first.into_iter()),
+            Some(pages) => Phase::Paged(Box::new((replay.first.into_iter(), pages))),
+        };
         EventStream {
             heartbeat: Box::pin(tokio::time::sleep_until(idle_deadline(now, &registration, &settings))),
             settings,
             registration,
             head: Some(head),
-            phase: Phase::Replay(replay.into_iter()),
+            phase,
             last_sent,
             last_activity: now,
             ends_at: None,
@@ -256,6 +264,24 @@ impl EventStream {
                     self.batch.extend(events.by_ref().take(MAX_BATCH_EVENTS));
                     if self.batch.is_empty() {
                         self.phase = Phase::Live;
+                        continue;
+                    }
+                    if let Some(chunk) = self.encode_batch() {
+                        return Poll::Ready(Some(chunk));
+                    }
+                }
+                Phase::Paged(paged) => {
+                    let (page, pages) = &mut **paged;
+                    self.batch.extend(page.by_ref().take(MAX_BATCH_EVENTS));
+                    if self.batch.is_empty() {
+                        match pages.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(Ok(next))) => *page = next.into_iter(),
+                            Poll::Ready(None) => self.phase = Phase::Live,
+                            // The rest of the history cannot be read as it was (see the backend's log and
+                            // counters): end the stream, so that the client resumes with its last id.
+                            Poll::Ready(Some(Err(_))) => self.phase = Phase::Done,
+                            Poll::Pending => return self.poll_heartbeat(cx),
+                        }
                         continue;
                     }
                     if let Some(chunk) = self.encode_batch() {

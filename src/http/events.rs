@@ -8,6 +8,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use super::body::{EventStream, StreamPermit};
 use super::{require_method, AppState, ResponseBody};
 use crate::auth::SubscribeGrant;
+use crate::backend::History;
 use crate::error::Error;
 use crate::id::{EventId, LastEventId};
 use crate::metrics::Metrics;
@@ -58,11 +59,12 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
     let registration = state.backend.subscribe(&query.topics).await?;
 
     let mut head = BytesMut::from(&sse::preamble(state.limits.retry_ms)[..]);
-    let mut replay = Vec::new();
+    let mut replay = History::empty();
     let mut last_sent = EventId::ZERO;
     if let Some(last) = query.last_event_id {
         Metrics::inc(&state.metrics.replays);
-        let found = state.backend.replay(&query.topics, last).await?;
+        // The reset is decided now; the events follow as the stream is written (in pages, with Redis).
+        let found = state.backend.resume(&query.topics, last).await?;
         if let Some(reset) = &found.reset {
             Metrics::inc(&state.metrics.resets);
             head.extend_from_slice(&sse::reset_event(&reset.topics, reset.reason));
@@ -70,9 +72,9 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         if let (LastEventId::Id(id), None) = (last, &found.reset) {
             last_sent = id;
         }
-        replay = found.events;
+        replay = found.history;
     }
-    tracing::debug!(topics = ?query.topics, replayed = replay.len(), "stream opened");
+    tracing::debug!(topics = ?query.topics, "stream opened");
     let settings = state.stream_settings.clone();
     let mut stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
     if let Some(at) = grant.ends_at {

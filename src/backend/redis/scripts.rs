@@ -1,4 +1,5 @@
-//! Key names, the two Lua scripts, and decoding of what Redis returns.
+//! Key names, the publish and settle scripts, and decoding of what Redis returns (the history scripts are in
+//! `history.rs`).
 
 use redis::Value;
 
@@ -125,41 +126,6 @@ redis.call('SET', 'herald:cancel:' .. ARGV[1], '1', 'PX', 600000)
 return false
 ";
 
-/// Reads what a resuming client needs, in one consistent snapshot.
-///
-/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the first id to read
-/// (inclusive: the id after the client's, made in Rust, because `(<id>` fails for `u64::MAX-u64::MAX`), or
-/// `""` to read no entries, `ARGV[2]`: the history age limit in milliseconds (`0` for none): older entries are deleted first, as the
-/// publish script would have, so that a topic nobody publishes to still expires and reports it.
-/// Returns `[last-id or nil, epoch or nil, then per topic: max-deleted-entry-id, entries after the id]`.
-pub(super) const READ: &str = r"
-local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
-local ttl = tonumber(ARGV[2])
-local cutoff = nil
-if ttl > 0 then
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  cutoff = string.format('%d-0', math.max(0, now - ttl))
-end
-for i = 3, #KEYS do
-  local deleted = '0-0'
-  if cutoff and redis.call('EXISTS', KEYS[i]) == 1 then
-    for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '(' .. cutoff)) do
-      redis.call('XDEL', KEYS[i], entry[1])
-    end
-  end
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[i])
-    for j = 1, #info, 2 do
-      if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
-    end
-  end
-  out[#out + 1] = deleted
-  if ARGV[1] == '' then out[#out + 1] = {} else out[#out + 1] = redis.call('XRANGE', KEYS[i], ARGV[1], '+') end
-end
-return out
-";
-
 /// Text of a bulk or simple string.
 pub(super) fn text(v: &Value) -> Option<&str> {
     match v {
@@ -194,26 +160,8 @@ pub(super) fn checked_event<'a>(
     Some(Event::new(id, topics, kind.as_deref(), data))
 }
 
-/// Decodes the entries of an `XRANGE` reply into events. Entries that are not valid Herald events (not
-/// written by Herald, or written with a bad topic or type: see [`checked_event`]) are skipped; returns how
-/// many were.
-pub(super) fn decode_entries(v: &Value, out: &mut Vec<Event>) -> u64 {
-    let Value::Array(entries) = v else { return 0 };
-    let mut invalid = 0;
-    for entry in entries {
-        match decode_entry(entry) {
-            Some(event) => out.push(event),
-            None => {
-                invalid += 1;
-                tracing::warn!("ignoring a stream entry that is not a valid herald event");
-            }
-        }
-    }
-    invalid
-}
-
-/// One `XRANGE` entry as an event, if it is a valid one.
-fn decode_entry(entry: &Value) -> Option<Event> {
+/// One `XRANGE` entry as an event, if it is a valid Herald event (see [`checked_event`]).
+pub(super) fn decode_entry(entry: &Value) -> Option<Event> {
     let Value::Array(parts) = entry else { return None };
     let (Some(id), Some(Value::Array(fields))) = (parts.first().and_then(id_of), parts.get(1)) else { return None };
     let (mut topics, mut kind, mut data) = (None, None, None);
@@ -266,8 +214,8 @@ mod tests {
             entry("6-1", &["topics", "a", "data", "two\nlines"]),
             entry("7-0", &["not", "herald"]),
         ]);
-        let mut events = Vec::new();
-        assert_eq!(decode_entries(&reply, &mut events), 1);
+        let Value::Array(entries) = reply else { unreachable!() };
+        let events: Vec<Event> = entries.iter().filter_map(decode_entry).collect();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].id, EventId::new(5, 0));
         assert_eq!(&*events[0].topics, &[Topic::from("a"), Topic::from("b")]);
@@ -299,13 +247,12 @@ mod tests {
                 Value::Array(vec![bulk("topics"), bulk("a"), bulk("data"), bulk("d")]),
             ]),
         ];
-        let mut events = Vec::new();
-        assert_eq!(decode_entries(&Value::Array(invalid.to_vec()), &mut events), invalid.len() as u64);
-        assert!(events.is_empty(), "{events:?}");
+        for entry in &invalid {
+            assert!(decode_entry(entry).is_none(), "{entry:?}");
+        }
         // Data may hold anything; an empty type is none.
-        let fine = Value::Array(vec![entry(&["topics", "a,b", "type", "", "data", "x\r\nid: 9-0\n\nretry: 1"])]);
-        assert_eq!(decode_entries(&fine, &mut events), 0);
-        let wire = String::from_utf8_lossy(events[0].chunk.payload_slice()).into_owned();
+        let fine = decode_entry(&entry(&["topics", "a,b", "type", "", "data", "x\r\nid: 9-0\n\nretry: 1"]));
+        let wire = String::from_utf8_lossy(fine.expect("valid").chunk.payload_slice()).into_owned();
         assert_eq!(wire, "id: 5-0\ndata: x\ndata: id: 9-0\ndata: \ndata: retry: 1\n\n");
     }
 
