@@ -138,8 +138,6 @@ pub struct StreamSettings {
     pub metrics: Arc<Metrics>,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
-    /// Time the writer may wait for the client to accept bytes before closing the stream.
-    pub send_timeout: Duration,
 }
 
 /// How much later than the heartbeat interval this stream's heartbeat timer fires: 0 to 10% of the
@@ -231,16 +229,6 @@ impl EventStream {
 
     fn has_expired(&self) -> bool {
         self.ends_at.is_some_and(|end| Instant::now() >= end)
-    }
-
-    /// How long the writer may wait for the client to accept bytes before it closes the stream.
-    pub fn send_timeout(&self) -> Duration {
-        self.settings.send_timeout
-    }
-
-    /// Counts a stream closed because its client accepted nothing for the send timeout.
-    pub fn note_stalled(&self) {
-        Metrics::inc(&self.settings.metrics.stalled_dropped);
     }
 
     fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -424,12 +412,7 @@ mod tests {
     fn heartbeats_of_connections_opened_together_are_spread() {
         let metrics = Arc::new(Metrics::default());
         let backend = Arc::new(MemoryBackend::new(HistoryLimits { size: 1, ttl: None }, 4, metrics.clone()));
-        let settings = StreamSettings {
-            backend: backend.clone(),
-            metrics,
-            heartbeat: Duration::from_secs(15),
-            send_timeout: Duration::from_secs(60),
-        };
+        let settings = StreamSettings { backend: backend.clone(), metrics, heartbeat: Duration::from_secs(15) };
         let mut tenths = [0usize; 10];
         for _ in 0..1000 {
             let (registration, _) = backend.hub().register(&["t".into()]).expect("register");

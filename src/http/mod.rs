@@ -44,7 +44,8 @@ pub struct Limits {
     pub heartbeat: Duration,
     /// The `retry:` hint, in milliseconds.
     pub retry_ms: u64,
-    /// Time a stream may wait for its client to accept bytes before it is closed.
+    /// Time a connection's write may wait for its client to accept bytes before the connection is closed
+    /// (applied to every connection's I/O by the server: `server::deadline`).
     pub send_timeout: Duration,
     /// Time a publisher has to send its request body.
     pub request_timeout: Duration,
@@ -73,7 +74,6 @@ impl AppState {
             backend: backend.clone(),
             metrics: metrics.clone(),
             heartbeat: limits.heartbeat,
-            send_timeout: limits.send_timeout,
         });
         AppState { backend, metrics, limits, stream_settings, auth: None, draining: AtomicBool::new(false) }
     }

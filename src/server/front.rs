@@ -10,7 +10,7 @@
 //! Any other request goes to hyper, which first re-reads the bytes already taken (see [`super::rewind`]).
 //!
 //! While waiting for events the front also watches the socket for the peer closing, so a departed client
-//! is unsubscribed at once.
+//! is unsubscribed at once. Its writes, like hyper's, go through [`super::deadline`] for `--send-timeout`.
 
 use std::io;
 use std::pin::Pin;
@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
+use super::deadline::WriteDeadline;
 use crate::http::ResponseBody;
 
 /// First allocation for a request head; browsers' heads are usually smaller.
@@ -119,6 +120,13 @@ pub(crate) struct Ready {
     chunked: bool,
 }
 
+impl Ready {
+    /// Whether the response is an event stream (rather than an error).
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self.body, ResponseBody::Stream(_))
+    }
+}
+
 /// Calls `service` with a `GET /events` request and encodes the response head. Short-lived: callers box
 /// it, so that the request, the service and the response's header map never size the connection's task.
 pub(crate) async fn respond<S>(request: Request<Empty<Bytes>>, service: S) -> Option<Ready>
@@ -149,19 +157,14 @@ where
 
 /// Writes a response from [`respond`] to the socket, then closes the connection. For an event stream
 /// this lasts as long as the stream: this future is the long-lived state of every SSE client, so it
-/// holds little more than the socket and the body.
-pub(crate) async fn stream(mut stream: TcpStream, ready: Ready) {
+/// holds little more than the socket and the body. The socket's writes carry the send timeout (see
+/// [`super::deadline`]), which also counts a stall.
+pub(crate) async fn stream(mut stream: WriteDeadline<TcpStream>, ready: Ready) {
     let Ready { head, mut body, chunked } = ready;
     match pump(&mut stream, head, &mut body, chunked).await {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-            tracing::debug!("closing a stream whose client accepts no bytes");
-            if let ResponseBody::Stream(events) = &body {
-                events.note_stalled();
-            }
-            // The client is not reading: a graceful shutdown would wait behind the unsent bytes.
-            return;
-        }
+        // The client is not reading: a graceful shutdown would wait behind the unsent bytes.
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return,
         Err(e) => tracing::debug!(cause = %e, "event stream ended with an error"),
     }
     let _ = stream.shutdown().await;
@@ -204,23 +207,25 @@ enum Next {
 
 /// Writes `head`, then the body's frames until it ends (shutdown, a lagging client closed) or the peer
 /// goes away. A complete body is written as it is; an event stream as chunks when `chunked`.
-async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chunked: bool) -> io::Result<()> {
-    let limit = match body {
-        ResponseBody::Full(bytes) => {
-            stream.write_all(&head).await?;
-            return match bytes.take() {
-                Some(bytes) => stream.write_all(&bytes).await,
-                None => Ok(()),
-            };
-        }
-        ResponseBody::Stream(events) => events.send_timeout(),
-    };
-    write_within(stream, &head, limit).await?;
+async fn pump(
+    stream: &mut WriteDeadline<TcpStream>,
+    head: Bytes,
+    body: &mut ResponseBody,
+    chunked: bool,
+) -> io::Result<()> {
+    if let ResponseBody::Full(bytes) = body {
+        stream.write_all(&head).await?;
+        return match bytes.take() {
+            Some(bytes) => stream.write_all(&bytes).await,
+            None => Ok(()),
+        };
+    }
+    stream.write_all(&head).await?;
     drop(head);
     let events = body;
     loop {
         let next = std::future::poll_fn(|cx| {
-            if peer_gone(stream, cx) {
+            if peer_gone(stream.get_ref(), cx) {
                 return Poll::Ready(Next::PeerGone);
             }
             match Pin::new(&mut *events).poll_frame(cx) {
@@ -236,32 +241,11 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
         .await;
         match next {
             // Already framed by the stream (see `EventStream::use_chunked_framing`): one buffer, one `send`.
-            Next::Chunk(data) => write_within(stream, &data, limit).await?,
-            Next::End if chunked => return write_within(stream, b"0\r\n\r\n", limit).await,
+            Next::Chunk(data) => stream.write_all(&data).await?,
+            Next::End if chunked => return stream.write_all(b"0\r\n\r\n").await,
             Next::End | Next::PeerGone => return Ok(()),
         }
     }
-}
-
-/// Writes all of `data`, failing with `TimedOut` when the client accepts none of it for `limit` (it has
-/// stopped reading and the socket's buffers are full). The usual case, a socket with room, is one `send`
-/// and no timer; the timer is boxed so that it never sizes the long-lived task.
-async fn write_within(stream: &mut TcpStream, data: &[u8], limit: Duration) -> io::Result<()> {
-    let mut written = match stream.try_write(data) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
-    };
-    while written < data.len() {
-        let progress = Box::pin(tokio::time::timeout(limit, stream.write(&data[written..])));
-        match progress.await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => written += n,
-            Ok(Err(e)) => return Err(e),
-            Err(_elapsed) => return Err(io::ErrorKind::TimedOut.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Whether the peer has closed its side (or the socket failed); discards anything it sends meanwhile

@@ -5,9 +5,11 @@
 //! finish its in-flight request and close; wait for them, at most `--shutdown-grace`.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod deadline;
 mod front;
 mod rewind;
 
@@ -17,15 +19,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use self::deadline::{Serving, WriteDeadline};
 use self::front::Sniffed;
 use self::rewind::Rewind;
 use crate::auth::Auth;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
-use crate::http::{App, AppState, Limits};
+use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
 /// hyper's per-connection buffer limit. Request heads and `/publish` bodies are streamed through it, so
@@ -142,7 +145,12 @@ pub async fn serve(
     let closing = CancellationToken::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER).header_read_timeout(Some(config.request_timeout));
-    let http = Arc::new(http);
+    let conns = Arc::new(Connections {
+        http,
+        request_timeout: config.request_timeout,
+        send_timeout: config.send_timeout,
+        metrics: state.metrics.clone(),
+    });
 
     tokio::pin!(shutdown);
     loop {
@@ -151,14 +159,7 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    let task = serve_connection(
-                        http.clone(),
-                        stream,
-                        service.clone(),
-                        closing.clone(),
-                        tracker.clone(),
-                        config.request_timeout,
-                    );
+                    let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
                     tracker.spawn(task);
                 }
                 Err(e) => {
@@ -184,21 +185,40 @@ pub async fn serve(
 /// The service every request goes to: the app, with CORS when origins are configured.
 type Service = tower::util::Either<tower_http::cors::Cors<App>, App>;
 
+/// What every connection is served with.
+#[derive(Debug)]
+struct Connections {
+    /// hyper's HTTP/1 settings.
+    http: http1::Builder,
+    /// Time a client has to send a request head (`--request-timeout`).
+    request_timeout: Duration,
+    /// Time a write may wait for the client to accept bytes (`--send-timeout`): see [`deadline`].
+    send_timeout: Duration,
+    /// Node counters.
+    metrics: Arc<Metrics>,
+}
+
+impl Connections {
+    /// `io` with the send timeout on its writes.
+    fn deadline<T>(&self, io: T, serving: Serving) -> WriteDeadline<T> {
+        WriteDeadline::new(io, self.send_timeout, serving, self.metrics.clone())
+    }
+}
+
 /// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
 /// anything else by hyper.
 async fn serve_connection(
-    http: Arc<http1::Builder>,
+    conns: Arc<Connections>,
     mut stream: TcpStream,
     service: Service,
     closing: CancellationToken,
     tracker: TaskTracker,
-    head_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
     // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
     let sniffed = Box::pin(async {
         tokio::select! {
-            sniffed = front::read_head(&mut stream, head_timeout) => sniffed,
+            sniffed = front::read_head(&mut stream, conns.request_timeout) => sniffed,
             () = closing.cancelled() => Sniffed::Gone,
         }
     })
@@ -208,7 +228,8 @@ async fn serve_connection(
             // The stream continues in a task of its own whose future is only the small pump, not this
             // function's larger state.
             if let Some(ready) = front::respond(request, service).await {
-                tracker.spawn(front::stream(stream, ready));
+                let serving = if ready.is_stream() { Serving::EventStream } else { Serving::Flag(Arc::default()) };
+                tracker.spawn(front::stream(conns.deadline(stream, serving), ready));
             }
             return;
         }
@@ -217,16 +238,26 @@ async fn serve_connection(
     };
     // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
     // event streams included.
-    Box::pin(serve_with_hyper(http, Rewind::new(prefix, stream), service, closing)).await;
+    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), service, closing)).await;
 }
 
+/// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
+/// is an event stream marks the connection as streaming, so that a stall is counted as a stream's.
 async fn serve_with_hyper(
-    http: Arc<http1::Builder>,
+    conns: Arc<Connections>,
     io: Rewind<TcpStream>,
     service: Service,
     closing: CancellationToken,
 ) {
-    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    let streaming = Arc::new(AtomicBool::new(false));
+    let io = conns.deadline(io, Serving::Flag(streaming.clone()));
+    let service = ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(service, move |response| {
+        if matches!(http::Response::body(&response), ResponseBody::Stream(_)) {
+            streaming.store(true, Ordering::Relaxed);
+        }
+        response
+    });
+    let connection = conns.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -269,7 +300,13 @@ mod tests {
         let service: Service = ServiceBuilder::new().option_layer(cors_layer(&[])).service(App::new(state));
         let request = http::Request::get("/events?topics=a").body(Empty::<Bytes>::new()).expect("request");
         let ready = front::respond(request, service).await.expect("response");
-        let task = front::stream(stream, ready);
+        let conns = Connections {
+            http: http1::Builder::new(),
+            request_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+            metrics: Arc::default(),
+        };
+        let task = front::stream(conns.deadline(stream, Serving::EventStream), ready);
         let sizes = [
             ("stream task future", std::mem::size_of_val(&task), 640),
             ("EventStream", std::mem::size_of::<crate::http::body::EventStream>(), 224),
