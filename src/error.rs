@@ -75,6 +75,10 @@ pub enum Error {
     /// The backend cannot be reached; nothing was done.
     #[error("the backend is unavailable; retry later")]
     BackendUnavailable(String),
+    /// `/readyz`: the backend cannot be reached now. (Not logged: probes ask often, and the backend logs
+    /// why itself.)
+    #[error("the backend is unavailable")]
+    NotReady,
     /// The backend stopped answering after a publish was sent, and whether it ran could not be found out.
     #[error("the backend stopped answering while publishing: the event may or may not have been published")]
     PublishOutcomeUnknown,
@@ -100,6 +104,7 @@ impl Error {
             Error::ShuttingDown
             | Error::TooManyConnections
             | Error::BackendUnavailable(_)
+            | Error::NotReady
             | Error::PublishOutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -123,7 +128,7 @@ impl Error {
             Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::TooManyConnections => "too_many_connections",
-            Error::BackendUnavailable(_) | Error::PublishOutcomeUnknown => "backend_unavailable",
+            Error::BackendUnavailable(_) | Error::NotReady | Error::PublishOutcomeUnknown => "backend_unavailable",
         }
     }
 

@@ -112,6 +112,8 @@ impl App {
     async fn route<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
         match req.uri().path() {
             "/events" => events::subscribe(&state, req).await,
+            // A publish that arrives while the node drains is refused; those already in flight finish.
+            "/publish" if state.is_draining() => Err(Error::ShuttingDown),
             "/publish" => publish::publish(&state, req).await,
             "/healthz" => ops::healthz(&req),
             "/readyz" => ops::readyz(&state, req.method()).await,

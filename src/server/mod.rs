@@ -1,8 +1,10 @@
 //! The accept loop, per-connection HTTP/1 serving, and graceful shutdown.
 //!
-//! Shutdown, in order: stop accepting; mark the node draining (`/readyz` 503, new streams 503) and close
-//! the hub, which ends every open event stream cleanly after what it has queued; ask every connection to
-//! finish its in-flight request and close; wait for them, at most `--shutdown-grace`.
+//! Shutdown, in order: mark the node draining (`/readyz`, new streams and new publishes 503 `shutting_down`)
+//! and close the hub, which ends every open event stream cleanly after what it has queued; ask every
+//! connection to finish its in-flight request and close; wait for them, at most `--shutdown-grace`. Meanwhile
+//! the listener keeps accepting, so that those 503s can be seen (each such connection is answered once, with
+//! `Connection: close`); it closes when the open connections are done or the grace is over.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,40 +155,66 @@ pub async fn serve(
     });
 
     tokio::pin!(shutdown);
+    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream| {
+        let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+        tracker.spawn(task);
+    };
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
-                    tracker.spawn(task);
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+                Ok((stream, _peer)) => spawn_on(&conns, &tracker, &closing, stream),
+                Err(e) => accept_failed(e).await,
             },
         }
     }
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining streams and in-flight requests");
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     state.begin_drain();
-    drop(listener);
     closing.cancel();
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "shutdown grace elapsed with connections still open");
+    // Until the open connections are done (or the grace is over), the listener keeps accepting, so that new
+    // requests see a 503 (`shutting_down`) rather than a refused connection: `/readyz` tells the load
+    // balancer, clients retry elsewhere. Those connections are answered once, with `Connection: close`.
+    let mut late_conns = Connections::clone(&conns);
+    late_conns.http.keep_alive(false);
+    let late_conns = Arc::new(late_conns);
+    let (late, late_closing) = (TaskTracker::new(), CancellationToken::new());
+    let drained = loop {
+        tokio::select! {
+            biased;
+            () = tracker.wait() => break true,
+            () = tokio::time::sleep_until(deadline) => break false,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => spawn_on(&late_conns, &late, &late_closing, stream),
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    };
+    drop(listener);
+    late_closing.cancel();
+    late.close();
+    // The answers being written on connections accepted meanwhile finish, within the grace.
+    if !drained || tokio::time::timeout_at(deadline, late.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len() + late.len(), "shutdown grace elapsed with connections still open");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After a failed `accept` (out of file descriptors, say): log, and pause before the next.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(cause = %e, "accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
 /// The service every request goes to: the app, with CORS when origins are configured.
 type Service = tower::util::Either<tower_http::cors::Cors<App>, App>;
 
 /// What every connection is served with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Connections {
     /// hyper's HTTP/1 settings.
     http: http1::Builder,
