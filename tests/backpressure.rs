@@ -216,7 +216,8 @@ async fn client_accepting_nothing_is_closed_after_send_timeout() {
     assert_eq!(reader.next_event(EVENT_TIMEOUT).await.id(), id);
 }
 
-/// How a `GET /events` reaches hyper rather than the event-stream front.
+/// How a `GET /events` reached hyper rather than the event-stream front (the front now reads heads up to
+/// 64 KiB itself, so the large head comes to it; the send timeout must hold either way).
 #[derive(Debug, Clone, Copy)]
 enum HyperPath {
     /// The second request of a keep-alive connection (as nginx with upstream keepalive sends it).

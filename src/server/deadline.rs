@@ -27,8 +27,10 @@ use crate::metrics::Metrics;
 /// Whether the connection is serving an event stream, for counting a stall.
 #[derive(Debug)]
 pub(crate) enum Serving {
-    /// It is (the event-stream front only serves streams).
+    /// It is.
     EventStream,
+    /// It is not (the front answering with an error).
+    Response,
     /// It is once the flag is set (hyper's connections: set when a response is an event stream).
     Flag(Arc<AtomicBool>),
 }
@@ -69,6 +71,7 @@ impl<T> WriteDeadline<T> {
         self.timer = None;
         let streaming = match &self.serving {
             Serving::EventStream => true,
+            Serving::Response => false,
             Serving::Flag(flag) => flag.load(Ordering::Relaxed),
         };
         if streaming {

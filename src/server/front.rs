@@ -8,6 +8,9 @@
 //! CORS and errors stay in one place); the front then writes the response head itself and pumps the
 //! body's pre-encoded frames straight to the socket as HTTP/1.1 chunks (or close-delimited for HTTP/1.0).
 //! Any other request goes to hyper, which first re-reads the bytes already taken (see [`super::rewind`]).
+//! A head that cannot be served (not HTTP/1, over 64 KiB, over 100 header fields) is answered here with
+//! Herald's JSON error and the connection closed; hyper's own answers to later heads are made JSON by
+//! [`super::json_errors`].
 //!
 //! While waiting for events the front also watches the socket for the peer closing, so a departed client
 //! is unsubscribed at once. Its writes, like hyper's, go through [`super::deadline`] for `--send-timeout`.
@@ -26,14 +29,18 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use super::deadline::WriteDeadline;
+use crate::error::Error;
 use crate::http::ResponseBody;
 
 /// First allocation for a request head; browsers' heads are usually smaller.
 const INITIAL_HEAD_BUFFER: usize = 1024;
-/// Heads larger than this are left to hyper, which answers them as it sees fit.
-const MAX_HEAD: usize = 16 * 1024;
-/// Headers parsed by the front; a request with more goes to hyper.
-const MAX_HEADERS: usize = 64;
+/// The largest request head: a longer one is answered 414 (`uri_too_long`) when the request line alone
+/// does not fit, else 431. hyper, which serves later requests of a connection, has the same buffer limit.
+const MAX_HEAD: usize = super::MAX_CONNECTION_BUFFER;
+/// Header fields in one request head, as hyper's default; more is answered 431.
+const MAX_HEADERS: usize = 100;
+/// How an HTTP/2 connection with prior knowledge starts: not HTTP/1, not for the front to refuse.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 /// Reads of unexpected client bytes per wake-up while streaming; bounds the work a chatty client causes.
 const MAX_DISCARD_READS: usize = 16;
 
@@ -44,6 +51,8 @@ pub(crate) enum Sniffed {
     Events(Request<Empty<Bytes>>),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),
+    /// A head that cannot be served (malformed, or too large): answered with this error and closed.
+    Refused(Error),
     /// The peer closed, failed or timed out before sending a complete head.
     Gone,
 }
@@ -52,6 +61,7 @@ pub(crate) enum Sniffed {
 enum Parsed {
     Events(Request<Empty<Bytes>>),
     Other,
+    Bad(Error),
     Partial,
 }
 
@@ -70,20 +80,34 @@ pub(crate) async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Snif
         match parse_head(&buf) {
             Parsed::Events(request) => return Sniffed::Events(request),
             Parsed::Other => return Sniffed::Other(buf.freeze()),
-            Parsed::Partial if buf.len() >= MAX_HEAD => return Sniffed::Other(buf.freeze()),
-            Parsed::Partial => buf.reserve(buf.len()),
+            Parsed::Bad(error) => return Sniffed::Refused(error),
+            Parsed::Partial if buf.len() >= MAX_HEAD => return Sniffed::Refused(too_large(&buf)),
+            Parsed::Partial => buf.reserve(buf.len().min(MAX_HEAD)),
         }
     }
 }
 
-/// Parses a head; only a body-less `GET /events` becomes a request.
+/// Why a head that did not fit in [`MAX_HEAD`] is refused: its request line alone did not fit (414), or
+/// its header fields did not (431).
+fn too_large(buf: &[u8]) -> Error {
+    if memchr::memchr(b'\n', buf).is_none() {
+        Error::UriTooLong
+    } else {
+        Error::HeadTooLarge
+    }
+}
+
+/// Parses a head; only a body-less `GET /events` becomes a request. A head that is not HTTP/1 is refused
+/// (400, or 431 with too many header fields), except the start of HTTP/2 with prior knowledge.
 fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        Err(_) if buf.starts_with(H2_PREFACE_START) => return Parsed::Other,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(Error::HeadTooLarge),
+        Err(_) => return Parsed::Bad(Error::MalformedHead),
     }
     let (Some("GET"), Some(path), Some(version)) = (head.method, head.path, head.version) else {
         return Parsed::Other;
@@ -125,6 +149,51 @@ impl Ready {
     pub(crate) fn is_stream(&self) -> bool {
         matches!(self.body, ResponseBody::Stream(_))
     }
+
+    /// The JSON answer to a request refused before it reached the service (see [`Sniffed::Refused`]).
+    fn refusal(error: Error) -> Self {
+        let (parts, body) = error.into_response().into_parts();
+        let length = match &body {
+            ResponseBody::Full(bytes) => bytes.as_ref().map_or(0, Bytes::len),
+            ResponseBody::Stream(_) => 0,
+        };
+        Ready { head: Bytes::from(encode_head(&parts, Framing::Length(length))), body, chunked: false }
+    }
+}
+
+/// How long a refused connection is read from (and what it sends dropped) after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+/// What a refused connection may send meanwhile before it is closed anyway.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Answers a head refused before it reached the service, then closes. The client may still be sending
+/// (the rest of an oversized head, a body): closing with unread bytes would reset the connection and could
+/// lose the answer, so what it sends is read and dropped first, for a moment ([`LINGER`]).
+pub(crate) async fn refuse(mut stream: WriteDeadline<TcpStream>, error: Error) {
+    if stream.write_all(&encode_error(error)).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut scratch = vec![0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// `error`'s complete response (`Connection: close`), as bytes.
+pub(crate) fn encode_error(error: Error) -> Bytes {
+    let Ready { head, body, .. } = Ready::refusal(error);
+    let mut bytes = BytesMut::from(&head[..]);
+    if let ResponseBody::Full(Some(body)) = body {
+        bytes.extend_from_slice(&body);
+    }
+    bytes.freeze()
 }
 
 /// Calls `service` with a `GET /events` request and encodes the response head. Short-lived: callers box
@@ -286,10 +355,27 @@ mod tests {
             b"GET /metrics HTTP/1.1\r\n\r\n",
             b"GET /eventsx HTTP/1.1\r\n\r\n",
             b"GET /events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-            b"\x16\x03\x01 garbage\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
             assert!(matches!(parse_head(other), Parsed::Other));
         }
         assert!(matches!(parse_head(b"GET /events HTTP/1.1\r\nHost"), Parsed::Partial));
+    }
+
+    #[test]
+    fn heads_that_are_not_http_1_are_refused() {
+        for bad in [&b"\x16\x03\x01 garbage\r\n\r\n"[..], b"GET /events HTTP/1.1\r\nBad Header\r\n\r\n", b"GET\r\n\r\n"]
+        {
+            assert!(matches!(parse_head(bad), Parsed::Bad(Error::MalformedHead)), "{bad:?}");
+        }
+        let many = format!("GET /events HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1));
+        assert!(matches!(parse_head(many.as_bytes()), Parsed::Bad(Error::HeadTooLarge)));
+        assert!(matches!(too_large(b"GET /aaaa"), Error::UriTooLong));
+        assert!(matches!(too_large(b"GET /a HTTP/1.1\r\nX: aaaa"), Error::HeadTooLarge));
+        let answer = encode_error(Error::UriTooLong);
+        let text = std::str::from_utf8(&answer).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n") && text.contains("content-type: application/json\r\n"));
+        assert!(text.ends_with(r#"{"error":{"code":"uri_too_long","message":"the request target (URI) is too long"}}"#));
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 mod deadline;
 mod front;
+mod json_errors;
 mod rewind;
 
 use hyper::server::conn::http1;
@@ -26,6 +27,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::deadline::{Serving, WriteDeadline};
 use self::front::Sniffed;
+use self::json_errors::JsonErrors;
 use self::rewind::Rewind;
 use crate::auth::Auth;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
@@ -256,12 +258,15 @@ async fn serve_connection(
             // The stream continues in a task of its own whose future is only the small pump, not this
             // function's larger state.
             if let Some(ready) = front::respond(request, service).await {
-                let serving = if ready.is_stream() { Serving::EventStream } else { Serving::Flag(Arc::default()) };
+                let serving = if ready.is_stream() { Serving::EventStream } else { Serving::Response };
                 tracker.spawn(front::stream(conns.deadline(stream, serving), ready));
             }
             return;
         }
         Sniffed::Other(prefix) => prefix,
+        Sniffed::Refused(error) => {
+            return Box::pin(front::refuse(conns.deadline(stream, Serving::Response), error)).await;
+        }
         Sniffed::Gone => return,
     };
     // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
@@ -270,7 +275,8 @@ async fn serve_connection(
 }
 
 /// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
-/// is an event stream marks the connection as streaming, so that a stall is counted as a stream's.
+/// is an event stream marks the connection as streaming, so that a stall is counted as a stream's. The
+/// answers hyper gives by itself to heads it cannot parse are made JSON ([`json_errors`]).
 async fn serve_with_hyper(
     conns: Arc<Connections>,
     io: Rewind<TcpStream>,
@@ -285,6 +291,7 @@ async fn serve_with_hyper(
         }
         response
     });
+    let io = JsonErrors::new(io);
     let connection = conns.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let result = tokio::select! {
