@@ -151,7 +151,7 @@ lat = []
 pub.join(timeout=5)
 while not latq.empty():
     lat.append(latq.get())
-during = [d for t, d, _ in lat if start <= t - d and t <= end]
+during = [d for t, d, _ in lat if start <= t - d <= end]  # started while the clients resumed
 bad = [s for _, _, s in lat if s != 200]
 time.sleep(2)
 rss_after = rss_kib()
