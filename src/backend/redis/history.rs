@@ -221,7 +221,9 @@ impl HistoryReader {
         })
     }
 
-    /// A pager over the events of `topics` after `after`, up to the snapshot's last id.
+    /// A pager over the events of `topics` after `after`, up to the snapshot's last id (to the end of each
+    /// stream when `herald:last-id` is missing: the streams may still hold events, and the client is told
+    /// of the loss anyway).
     pub(super) fn pager(
         self: &Arc<Self>,
         topics: &[Topic],
@@ -229,7 +231,7 @@ impl HistoryReader {
         snapshot: &Snapshot,
         queued: bool,
     ) -> Pager {
-        let end = snapshot.last_issued.unwrap_or(EventId::ZERO);
+        let end = snapshot.last_issued.unwrap_or(EventId::new(u64::MAX, u64::MAX));
         let next = successor(after).filter(|next| *next <= end);
         let cursors = topics
             .iter()
