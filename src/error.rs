@@ -86,6 +86,12 @@ pub enum Error {
     /// `--max-connections` streams are open.
     #[error("too many open streams on this node; retry later")]
     TooManyConnections,
+    /// `--max-connections-per-ip` streams are open from the client's address.
+    #[error("too many open streams from this address (at most {max}); retry later")]
+    TooManyConnectionsFromAddress {
+        /// The configured maximum.
+        max: u32,
+    },
     /// The backend cannot be reached; nothing was done.
     #[error("the backend is unavailable; retry later")]
     BackendUnavailable(String),
@@ -120,6 +126,7 @@ impl Error {
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown
             | Error::TooManyConnections
+            | Error::TooManyConnectionsFromAddress { .. }
             | Error::BackendUnavailable(_)
             | Error::NotReady
             | Error::PublishOutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
@@ -148,6 +155,7 @@ impl Error {
             Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::TooManyConnections => "too_many_connections",
+            Error::TooManyConnectionsFromAddress { .. } => "too_many_connections_per_ip",
             Error::BackendUnavailable(_) | Error::NotReady | Error::PublishOutcomeUnknown => "backend_unavailable",
         }
     }

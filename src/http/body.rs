@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::client::AddressPermit;
 use crate::backend::{Backend, History, PageStream, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Drained, Registration};
@@ -82,20 +83,24 @@ impl Body for ResponseBody {
     }
 }
 
-/// Holds one slot of the node's stream limit and keeps `herald_connections_open` true.
+/// Holds one slot of the node's stream limit (and of its client address's, with
+/// `--max-connections-per-ip`) and keeps `herald_connections_open` true.
 #[derive(Debug)]
 pub struct StreamPermit {
     metrics: Arc<Metrics>,
+    /// Boxed: most nodes set no per-address limit, and every stream carries this.
+    _address: Option<Box<AddressPermit>>,
 }
 
 impl StreamPermit {
-    /// Takes a slot if fewer than `max` streams are open.
+    /// Takes a slot if fewer than `max` streams are open, keeping `address` (the client address's slot, if
+    /// any) with it.
     ///
     /// # Errors
     /// [`Error::TooManyConnections`] at the limit.
-    pub fn acquire(metrics: &Arc<Metrics>, max: usize) -> Result<Self, Error> {
+    pub fn acquire(metrics: &Arc<Metrics>, max: usize, address: Option<AddressPermit>) -> Result<Self, Error> {
         let before = metrics.connections_open.fetch_add(1, Relaxed);
-        let permit = StreamPermit { metrics: metrics.clone() };
+        let permit = StreamPermit { metrics: metrics.clone(), _address: address.map(Box::new) };
         if before >= max as u64 {
             return Err(Error::TooManyConnections);
         }
@@ -520,7 +525,7 @@ mod tests {
         /// A stream opened without a last event id, as `GET /events` makes it.
         async fn open(&self, topics: &[&str], tagged: bool) -> EventStream {
             let registration = self.backend.subscribe(&names(topics)).await.expect("subscribe");
-            let permit = StreamPermit::acquire(&self.metrics, 100).expect("permit");
+            let permit = StreamPermit::acquire(&self.metrics, 100, None).expect("permit");
             let head = sse::preamble(1000);
             let mut stream =
                 EventStream::new(self.settings.clone(), registration, permit, head, History::empty(), EventId::ZERO);

@@ -31,6 +31,7 @@ use self::json_errors::JsonErrors;
 use self::rewind::Rewind;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
+use crate::http::client::Peer;
 use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
@@ -127,6 +128,7 @@ pub async fn serve(
         max_event_size: config.max_event_size,
         max_body_size: config.max_body_size,
         max_connections: config.effective_max_connections(),
+        max_connections_per_ip: config.max_connections_per_ip,
         heartbeat: config.heartbeat,
         retry_ms: config.retry,
         send_timeout: config.send_timeout,
@@ -157,8 +159,9 @@ pub async fn serve(
     });
 
     tokio::pin!(shutdown);
-    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream| {
-        let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream, peer| {
+        let task =
+            serve_connection(conns.clone(), stream, Peer(peer), service.clone(), closing.clone(), tracker.clone());
         tracker.spawn(task);
     };
     loop {
@@ -166,7 +169,7 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_on(&conns, &tracker, &closing, stream),
+                Ok((stream, peer)) => spawn_on(&conns, &tracker, &closing, stream, peer),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -190,7 +193,7 @@ pub async fn serve(
             () = tracker.wait() => break true,
             () = tokio::time::sleep_until(deadline) => break false,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_on(&late_conns, &late, &late_closing, stream),
+                Ok((stream, peer)) => spawn_on(&late_conns, &late, &late_closing, stream, peer),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -236,10 +239,11 @@ impl Connections {
 }
 
 /// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
-/// anything else by hyper.
+/// anything else by hyper. Every request carries the connection's [`Peer`] in its extensions.
 async fn serve_connection(
     conns: Arc<Connections>,
     mut stream: TcpStream,
+    peer: Peer,
     service: Service,
     closing: CancellationToken,
     tracker: TaskTracker,
@@ -254,7 +258,8 @@ async fn serve_connection(
     })
     .await;
     let prefix = match sniffed {
-        Sniffed::Events(request) => {
+        Sniffed::Events(mut request) => {
+            request.extensions_mut().insert(peer);
             // The stream continues in a task of its own whose future is only the small pump, not this
             // function's larger state.
             if let Some(ready) = front::respond(request, service).await {
@@ -271,7 +276,7 @@ async fn serve_connection(
     };
     // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
     // event streams included.
-    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), service, closing)).await;
+    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
 }
 
 /// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
@@ -280,6 +285,7 @@ async fn serve_connection(
 async fn serve_with_hyper(
     conns: Arc<Connections>,
     io: Rewind<TcpStream>,
+    peer: Peer,
     service: Service,
     closing: CancellationToken,
 ) {
@@ -290,6 +296,10 @@ async fn serve_with_hyper(
             streaming.store(true, Ordering::Relaxed);
         }
         response
+    })
+    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer);
+        request
     });
     let io = JsonErrors::new(io);
     let connection = conns.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
@@ -326,6 +336,7 @@ mod tests {
             max_event_size: 16,
             max_body_size: 16,
             max_connections: 4,
+            max_connections_per_ip: None,
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
             send_timeout: Duration::from_secs(60),
