@@ -63,6 +63,9 @@ metrics! {
     /// Streams closed because the client accepted no bytes for the send timeout.
     stalled_dropped: counter AtomicU64 =
         "herald_stalled_dropped_total", "Streams closed because the client accepted no bytes for the send timeout.";
+    /// Streams refused because their client address had `--max-connections-per-ip` streams open.
+    per_ip_refused: counter AtomicU64 = "herald_connections_per_ip_refused_total",
+        "Streams refused because their client address had --max-connections-per-ip streams open.";
     /// Heartbeat comments sent.
     heartbeats: counter AtomicU64 = "herald_heartbeats_total", "Heartbeat comments sent.";
     /// Reconnections of the backend's live feed.
@@ -76,6 +79,10 @@ metrics! {
         "herald_backend_events_caught_up_total", "Events the live feed missed and catch-up reads delivered.";
     /// Backend commands that failed or timed out.
     backend_errors: counter AtomicU64 = "herald_backend_errors_total", "Backend commands that failed or timed out.";
+    /// Events read from the backend (Redis) that a publish over HTTP could not have sent (a bad type or
+    /// topic, a malformed id or message), dropped instead of delivered.
+    backend_invalid_events: counter AtomicU64 = "herald_backend_invalid_events_total",
+        "Events read from the backend that were not valid (bad type, topic or id) and were dropped.";
     /// Requests refused with 401 (no valid token where one was needed).
     unauthorized: counter AtomicU64 =
         "herald_unauthorized_total", "Requests refused with 401: no valid token where one was needed.";
@@ -206,6 +213,6 @@ mod tests {
         assert!(text.ends_with(
             "# TYPE herald_backend_publishes_unsettled_total counter\nherald_backend_publishes_unsettled_total 1\n"
         ));
-        assert_eq!(text.matches("# HELP ").count(), 22);
+        assert_eq!(text.matches("# HELP ").count(), 24);
     }
 }

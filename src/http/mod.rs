@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 pub mod body;
+pub mod client;
 mod events;
 mod form;
 mod ops;
@@ -43,11 +44,14 @@ pub struct Limits {
     pub max_body_size: usize,
     /// Streams open at once.
     pub max_connections: usize,
+    /// Streams open at once from one client address (`None`: no such limit).
+    pub max_connections_per_ip: Option<u32>,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
     /// The `retry:` hint, in milliseconds.
     pub retry_ms: u64,
-    /// Time a stream may wait for its client to accept bytes before it is closed.
+    /// Time a connection's write may wait for its client to accept bytes before the connection is closed
+    /// (applied to every connection's I/O by the server: `server::deadline`).
     pub send_timeout: Duration,
     /// Time a publisher has to send its request body.
     pub request_timeout: Duration,
@@ -68,6 +72,8 @@ pub struct AppState {
     pub auth: Option<Auth>,
     /// What is served at `/` and `/herald.js`.
     pub statics: StaticSite,
+    /// Streams open per client address, when `--max-connections-per-ip` is set.
+    pub addresses: Option<Arc<client::AddressSlots>>,
     draining: AtomicBool,
 }
 
@@ -78,8 +84,8 @@ impl AppState {
             backend: backend.clone(),
             metrics: metrics.clone(),
             heartbeat: limits.heartbeat,
-            send_timeout: limits.send_timeout,
         });
+        let addresses = limits.max_connections_per_ip.map(client::AddressSlots::new);
         AppState {
             backend,
             metrics,
@@ -87,6 +93,7 @@ impl AppState {
             stream_settings,
             auth: None,
             statics: StaticSite::BuiltIn,
+            addresses,
             draining: AtomicBool::new(false),
         }
     }
@@ -132,6 +139,8 @@ impl App {
     async fn route<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
         match req.uri().path() {
             "/events" => events::subscribe(&state, req).await,
+            // A publish that arrives while the node drains is refused; those already in flight finish.
+            "/publish" if state.is_draining() => Err(Error::ShuttingDown),
             "/publish" => publish::publish(&state, req).await,
             "/healthz" => ops::healthz(&req),
             "/readyz" => ops::readyz(&state, req.method()).await,
