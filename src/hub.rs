@@ -25,7 +25,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -339,22 +339,23 @@ impl Drop for Registration {
 #[derive(Debug, Default)]
 pub struct Mailbox {
     state: Mutex<MailboxState>,
+    /// [`LAGGED`], [`CLOSED`] and [`NEWS`]: changed only under the lock, so the lock orders them like the
+    /// queue; kept outside it so that [`Mailbox::has_news`] needs no lock (and the mailbox stays 64 bytes).
+    flags: AtomicU8,
 }
+
+/// The queue overflowed (or the feed lost events) and was emptied; the connection catches up from history.
+const LAGGED: u8 = 1;
+/// The hub closed (shutdown).
+const CLOSED: u8 = 2;
+/// A push, a lag or the close took the registered waker since a drain last registered one. While it is
+/// clear, the task's waker is in place and nothing happened since: see [`Mailbox::has_news`].
+const NEWS: u8 = 4;
 
 #[derive(Debug, Default)]
 struct MailboxState {
     queue: VecDeque<Arc<Event>>,
-    lagged: bool,
-    closed: bool,
     waker: Option<Waker>,
-}
-
-impl MailboxState {
-    /// Marks the connection lagging and frees its queue at once; it catches up from history.
-    fn lag(&mut self) {
-        self.lagged = true;
-        self.queue = VecDeque::new();
-    }
 }
 
 /// Keeps `cx`'s waker in `slot` (cloning it only when it is a different task's).
@@ -384,11 +385,30 @@ pub enum Drained {
 }
 
 impl Mailbox {
+    fn is(&self, flags: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & flags != 0
+    }
+
+    fn set(&self, flags: u8) {
+        self.flags.fetch_or(flags, Ordering::Release);
+    }
+
+    fn clear(&self, flags: u8) {
+        self.flags.fetch_and(!flags, Ordering::Release);
+    }
+
+    /// Marks the connection lagging (and that there is news) and frees its queue at once; it catches up
+    /// from history. Under the lock.
+    fn lag(&self, state: &mut MailboxState) {
+        self.set(LAGGED | NEWS);
+        state.queue = VecDeque::new();
+    }
+
     /// Queues `event`; returns what happened and the task to wake (the caller wakes it once no lock is
     /// held).
     fn push(&self, event: &Arc<Event>, capacity: usize) -> (Push, Option<Waker>) {
         let mut state = lock(&self.state);
-        if state.closed || state.lagged {
+        if self.is(CLOSED | LAGGED) {
             return (Push::Ignored, None);
         }
         // The same event, pushed again for a second topic of this connection before it was drained.
@@ -396,37 +416,45 @@ impl Mailbox {
             return (Push::Ignored, None);
         }
         if state.queue.len() >= capacity {
-            state.lag();
+            self.lag(&mut state);
             return (Push::Overflowed, state.waker.take());
         }
         state.queue.push_back(event.clone());
+        self.set(NEWS);
         (Push::Queued, state.waker.take())
     }
 
     fn mark_lagged(&self) -> Option<Waker> {
         let mut state = lock(&self.state);
-        if state.closed || state.lagged {
+        if self.is(CLOSED | LAGGED) {
             return None;
         }
-        state.lag();
+        self.lag(&mut state);
         state.waker.take()
     }
 
     fn close(&self) -> Option<Waker> {
         let mut state = lock(&self.state);
-        state.closed = true;
+        self.set(CLOSED | NEWS);
         state.waker.take()
+    }
+
+    /// Registers the task for the next push, lag or close; from now on, [`Mailbox::has_news`] says whether
+    /// one happened. Under the lock.
+    fn watch(&self, state: &mut MailboxState, cx: &Context<'_>) {
+        register(&mut state.waker, cx);
+        self.clear(NEWS);
     }
 
     /// Moves up to `max` queued events into `out`, or reports lag or closure, or registers the task to be
     /// woken by the next push.
     ///
     /// A drain that leaves the queue empty (fewer than `max` events moved) also registers the task, so the
-    /// caller, once it has written them, may return `Pending` without polling the mailbox again: anything
-    /// pushed meanwhile wakes the task, which is then polled again.
+    /// caller, once it has written them, may return `Pending` without polling the mailbox again unless
+    /// [`Mailbox::has_news`] says something happened since.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Arc<Event>>, max: usize) -> Poll<Drained> {
         let mut state = lock(&self.state);
-        if state.lagged {
+        if self.is(LAGGED) {
             return Poll::Ready(Drained::Lagged);
         }
         if !state.queue.is_empty() {
@@ -440,21 +468,30 @@ impl Mailbox {
                 if state.queue.capacity() > 64 {
                     state.queue = VecDeque::new();
                 }
-                register(&mut state.waker, cx);
+                self.watch(&mut state, cx);
             }
             return Poll::Ready(Drained::Events);
         }
-        if state.closed {
+        if self.is(CLOSED) {
             return Poll::Ready(Drained::Closed);
         }
-        register(&mut state.waker, cx);
+        self.watch(&mut state, cx);
         Poll::Pending
+    }
+
+    /// Whether anything happened to the mailbox (an event, a lag, the close) since the last drain that
+    /// registered the task. When nothing did, that registration is still in place, and a caller whose last
+    /// drain registered it may return `Pending` without locking the mailbox. (A wake is not enough to know:
+    /// the task may have spent it elsewhere, waiting for its socket, say.)
+    pub fn has_news(&self) -> bool {
+        self.is(NEWS)
     }
 
     /// Clears the lagged mark so that live events queue again; the caller then reads history from its
     /// last sent id (live before history, as at subscription).
     pub fn clear_lag(&self) {
-        lock(&self.state).lagged = false;
+        let _state = lock(&self.state);
+        self.clear(LAGGED);
     }
 }
 

@@ -190,8 +190,8 @@ pub struct EventStream {
     /// The heartbeat timer's last poll was `Pending`: it is registered with this task, and until its deadline
     /// there is nothing to ask it (saves a timer poll per delivery).
     timer_armed: bool,
-    /// The last drain emptied the mailbox and registered this task for the next push: until it is polled
-    /// again, there is nothing to ask the mailbox (saves a lock per delivery).
+    /// The last drain emptied the mailbox and registered this task for the next push: unless the mailbox
+    /// has news since, there is nothing to ask it (saves a lock per delivery).
     drained: bool,
     _permit: StreamPermit,
 }
@@ -363,11 +363,11 @@ impl EventStream {
                         self.phase = Phase::Done;
                         continue;
                     }
-                    if std::mem::take(&mut self.drained) {
-                        // Emptied by the previous poll, which registered this task with the mailbox.
+                    let mailbox = self.registration.mailbox();
+                    if std::mem::take(&mut self.drained) && !mailbox.has_news() {
+                        // Emptied by the previous poll, which registered this task, and untouched since.
                         return self.poll_heartbeat(cx);
                     }
-                    let mailbox = self.registration.mailbox();
                     match mailbox.poll_drain(cx, &mut self.batch, MAX_BATCH_EVENTS) {
                         Poll::Ready(Drained::Events) => {
                             self.drained = self.batch.len() < MAX_BATCH_EVENTS;
@@ -693,11 +693,13 @@ mod tests {
         }
     }
 
-    /// A drain that empties the mailbox registers the task, so the stream returns `Pending` without asking
-    /// the mailbox again (issue 8): an event pushed in between must wake the task, and the next poll must
-    /// find it.
+    /// A drain that empties the mailbox registers the task, so the stream may return `Pending` without asking
+    /// the mailbox again (issue 8). An event pushed after that drain must wake the task, and the very next
+    /// poll must find it: the wake may have been spent elsewhere (the front waiting for the socket to take
+    /// the previous write), so nothing else will come to poll again. Before the mailbox said it had news,
+    /// that next poll returned `Pending` and the event waited for the heartbeat timer.
     #[tokio::test]
-    async fn an_event_pushed_after_a_drain_wakes_the_stream() {
+    async fn an_event_pushed_after_a_drain_is_found_by_the_next_poll() {
         let node = node(10, 16);
         let mut stream = node.open(&["a"], false).await;
         let wakes = Arc::new(CountWakes(std::sync::atomic::AtomicUsize::new(0)));
@@ -709,14 +711,18 @@ mod tests {
         assert_eq!(wakes.0.load(Relaxed), 1);
         let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the first event") };
         assert!(text(&[chunk]).contains(&first.to_string()));
-        // Pushed after the drain that emptied the mailbox, before the stream parks.
+        // Pushed after the drain that emptied the mailbox, while the first write is (say) waiting.
         let second = node.publish(&["a"], "2").await;
         assert_eq!(wakes.0.load(Relaxed), 2, "the push did not wake the stream");
-        // The stream parks on the drain's registration; the wake makes the task poll it again.
-        assert!(stream.poll_next_chunk(&mut cx).is_pending());
-        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the second event") };
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the second event waits") };
         assert!(text(&[chunk]).contains(&second.to_string()));
+        // Nothing new: the shortcut, then the mailbox again.
         assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        let third = node.publish(&["a"], "3").await;
+        assert_eq!(wakes.0.load(Relaxed), 3);
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the third event") };
+        assert!(text(&[chunk]).contains(&third.to_string()));
     }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
