@@ -334,11 +334,25 @@ async fn pump(
         .await;
         match next {
             // Already framed by the stream (see `EventStream::use_chunked_framing`): one buffer, one `send`.
-            Next::Chunk(data) => stream.write_all(&data).await?,
+            Next::Chunk(data) => write_chunk(stream, &data).await?,
             Next::End if chunked => return stream.write_all(b"0\r\n\r\n").await,
             Next::End | Next::PeerGone => return Ok(()),
         }
     }
+}
+
+/// Writes a chunk: first straight to the socket, the usual case of a socket with room (one `send`, without
+/// the write machinery's readiness polling); whatever it does not take then waits under the send timeout.
+async fn write_chunk(stream: &mut WriteDeadline<TcpStream>, data: &[u8]) -> io::Result<()> {
+    let sent = match stream.get_ref().try_write(data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if sent < data.len() {
+        stream.write_all(&data[sent..]).await?;
+    }
+    Ok(())
 }
 
 /// Whether tokio has seen no read readiness on the socket since it was last found empty (a read with an empty
