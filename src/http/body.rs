@@ -663,6 +663,35 @@ mod tests {
     }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
+    /// Heartbeat timing, on paused time (deterministic, no wall clock): the first comment comes after the
+    /// interval of silence plus this stream's fixed spread (at most 10 %), never earlier; an event restarts
+    /// the silence; an event waiting in the mailbox goes out at once.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_come_after_the_interval_of_silence() {
+        let node = node(10, 16);
+        let mut stream = node.open(&["t"], false).await;
+        let (opening, ended) = ready_chunks(&mut stream);
+        assert_eq!((opening.len(), ended), (1, false), "the preamble, then nothing");
+        async fn next(stream: &mut EventStream) -> Bytes {
+            std::future::poll_fn(|cx| stream.poll_next_chunk(cx)).await.expect("the stream goes on")
+        }
+        let interval = Duration::from_secs(15);
+        let silent_since = Instant::now();
+        assert_eq!(&next(&mut stream).await[..], sse::HEARTBEAT);
+        let waited = silent_since.elapsed();
+        assert!(waited >= interval && waited <= interval.mul_f64(1.1), "first heartbeat after {waited:?}");
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        node.publish(&["t"], "x").await;
+        let published = Instant::now();
+        assert!(next(&mut stream).await.starts_with(b"id: "), "the event first");
+        assert_eq!(published.elapsed(), Duration::ZERO, "an event waiting in the mailbox is written at once");
+        assert_eq!(&next(&mut stream).await[..], sse::HEARTBEAT);
+        let waited = published.elapsed();
+        assert!(waited >= interval && waited <= interval.mul_f64(1.1), "heartbeat {waited:?} after the event");
+        assert_eq!(node.metrics.heartbeats.load(Relaxed), 2);
+    }
+
     #[test]
     fn heartbeats_of_connections_opened_together_are_spread() {
         let metrics = Arc::new(Metrics::default());
