@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 
 pub mod body;
 pub mod client;
+mod error_response;
 mod events;
 mod form;
 mod ops;
