@@ -201,12 +201,15 @@ pub struct EventStream {
     chunked: bool,
     /// Whether events carry a `topics:` line (`tagTopics=1`).
     tagged: bool,
-    /// The heartbeat timer's last poll was `Pending`: it is registered with this task, and until its deadline
-    /// there is nothing to ask it (saves a timer poll per delivery).
+    /// The heartbeat timer's last poll was `Pending`: it is registered with [`EventStream::parked_with`],
+    /// and until its deadline there is nothing to ask it (saves a timer poll per delivery).
     timer_armed: bool,
-    /// The last drain emptied the mailbox and registered this task for the next push: unless the mailbox
-    /// has news since, there is nothing to ask it (saves a lock per delivery).
+    /// The last drain emptied the mailbox and registered [`EventStream::parked_with`] for the next push:
+    /// unless the mailbox has news since, there is nothing to ask it (saves a lock per delivery).
     drained: bool,
+    /// The waker the mailbox and the timer were last registered with: the two shortcuts above hold only
+    /// for a poll by the same task.
+    parked_with: Option<std::task::Waker>,
     _permit: StreamPermit,
 }
 
@@ -240,6 +243,7 @@ impl EventStream {
             tagged: false,
             timer_armed: false,
             drained: false,
+            parked_with: None,
             _permit: permit,
         }
     }
@@ -367,11 +371,16 @@ impl EventStream {
                         self.phase = Phase::Done;
                         continue;
                     }
+                    let drained = std::mem::take(&mut self.drained);
                     let mailbox = self.registration.mailbox();
-                    if std::mem::take(&mut self.drained) && !mailbox.has_news() {
+                    if drained && self.same_task(cx) && !mailbox.has_news() {
                         // Emptied by the previous poll, which registered this task, and untouched since.
                         return self.poll_heartbeat(cx);
                     }
+                    // Whatever `poll_drain` finds, the mailbox ends up registered with `cx` only if it is
+                    // left empty; `remember` is right for the cases that rely on it (empty, or pending).
+                    self.remember(cx);
+                    let mailbox = self.registration.mailbox();
                     match mailbox.poll_drain(cx, &mut self.batch, MAX_BATCH_EVENTS) {
                         Poll::Ready(Drained::Events) => {
                             self.drained = self.batch.len() < MAX_BATCH_EVENTS;
@@ -494,11 +503,26 @@ impl EventStream {
         chunk
     }
 
+    /// Whether `cx` is the task the mailbox and the timer were last registered with.
+    fn same_task(&self, cx: &Context<'_>) -> bool {
+        self.parked_with.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Notes that registrations are about to be made with `cx`; when it is another task's, those made with
+    /// the previous one no longer count.
+    fn remember(&mut self, cx: &Context<'_>) {
+        if !self.same_task(cx) {
+            self.parked_with = Some(cx.waker().clone());
+            self.drained = false;
+            self.timer_armed = false;
+        }
+    }
+
     /// Sends a comment when the stream has been idle for the heartbeat interval. The timer is not reset
     /// on every write (that would cost a timer update per event); when it fires early it is re-armed
     /// from the last write.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if self.timer_armed && Instant::now() < self.heartbeat.deadline() {
+        if self.timer_armed && self.same_task(cx) && Instant::now() < self.heartbeat.deadline() {
             // Registered with this task and not due: polling it again would change nothing.
             return Poll::Pending;
         }
