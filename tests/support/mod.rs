@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 pub mod h2;
+pub mod proxy;
 pub mod scratch;
 
 /// Bound for one plain HTTP exchange (connect, write, read the whole response).
