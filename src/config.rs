@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
 
+    /// Event streams open at once from one client address (the peer's, or the one a trusted proxy names);
+    /// default: no such limit.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_connections_per_ip: Option<u32>,
+
     /// Events queued per connection before it counts as lagging (it is then caught up from history,
     /// or closed so that it resumes with its last id).
     #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), global = true)]

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub lagging_dropped: AtomicU64,
     /// Streams closed because the client accepted no bytes for the send timeout.
     pub stalled_dropped: AtomicU64,
+    /// Streams refused because their client address had `--max-connections-per-ip` streams open.
+    pub per_ip_refused: AtomicU64,
     /// Heartbeat comments sent.
     pub heartbeats: AtomicU64,
     /// Reconnections of the backend's live feed.
@@ -132,6 +134,12 @@ impl Metrics {
             "herald_stalled_dropped_total",
             "Streams closed because the client accepted no bytes for the send timeout.",
             &self.stalled_dropped,
+        );
+        counter(
+            &mut out,
+            "herald_connections_per_ip_refused_total",
+            "Streams refused because their client address had --max-connections-per-ip streams open.",
+            &self.per_ip_refused,
         );
         counter(&mut out, "herald_heartbeats_total", "Heartbeat comments sent.", &self.heartbeats);
         counter(

@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 
 use super::body::{EventStream, StreamPermit};
+use super::client::client_address;
 use super::form;
 use super::{require_method, AppState, ResponseBody};
 use crate::auth::SubscribeGrant;
@@ -70,7 +71,13 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
     if state.is_draining() {
         return Err(Error::ShuttingDown);
     }
-    let permit = StreamPermit::acquire(&state.metrics, state.limits.max_connections)?;
+    let address = match (&state.addresses, client_address(&req)) {
+        (Some(slots), Some(ip)) => {
+            Some(slots.acquire(ip).inspect_err(|_| Metrics::inc(&state.metrics.per_ip_refused))?)
+        }
+        _ => None,
+    };
+    let permit = StreamPermit::acquire(&state.metrics, state.limits.max_connections, address)?;
     // Live before history: whatever is published from here on lands in the mailbox.
     let registration = state.backend.subscribe(&query.topics).await?;
 

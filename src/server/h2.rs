@@ -35,6 +35,7 @@ use tower::ServiceExt;
 
 use super::deadline::Serving;
 use super::{Connections, Service, MAX_CONNECTION_BUFFER};
+use crate::http::client::Peer;
 use crate::http::ResponseBody;
 use crate::metrics::Metrics;
 
@@ -210,15 +211,16 @@ pub(crate) fn builder(max_streams: u32, send_timeout: Duration, metrics: Arc<Met
 }
 
 /// Serves one HTTP/2 connection until it ends; on `closing`, sends GOAWAY and lets the open streams
-/// finish (they end by themselves when the node drains).
-pub(crate) async fn serve<T>(conns: Arc<Connections>, io: T, service: Service, closing: CancellationToken)
+/// finish (they end by themselves when the node drains). Every request carries the connection's [`Peer`].
+pub(crate) async fn serve<T>(conns: Arc<Connections>, io: T, peer: Peer, service: Service, closing: CancellationToken)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = OpenConnection::new(&conns.metrics);
     let streaming = Arc::new(AtomicBool::new(false));
     let io = conns.deadline(io, Serving::Flag(streaming.clone()));
-    let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+    let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer);
         let head = request.method() == http::Method::HEAD;
         let (response, streaming) = (service.clone().oneshot(request), streaming.clone());
         async move {

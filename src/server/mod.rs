@@ -41,6 +41,7 @@ use self::tls::Tls;
 pub use self::tls::TlsFiles;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
+use crate::http::client::Peer;
 use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
@@ -137,6 +138,7 @@ pub async fn serve(
         max_event_size: config.max_event_size,
         max_body_size: config.max_body_size,
         max_connections: config.effective_max_connections(),
+        max_connections_per_ip: config.max_connections_per_ip,
         heartbeat: config.heartbeat,
         retry_ms: config.retry,
         send_timeout: config.send_timeout,
@@ -174,8 +176,9 @@ pub async fn serve(
     });
 
     tokio::pin!(shutdown);
-    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream| {
-        let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream, peer| {
+        let task =
+            serve_connection(conns.clone(), stream, Peer(peer), service.clone(), closing.clone(), tracker.clone());
         tracker.spawn(task);
     };
     loop {
@@ -183,7 +186,7 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_on(&conns, &tracker, &closing, stream),
+                Ok((stream, peer)) => spawn_on(&conns, &tracker, &closing, stream, peer),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -207,7 +210,7 @@ pub async fn serve(
             () = tracker.wait() => break true,
             () = tokio::time::sleep_until(deadline) => break false,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_on(&late_conns, &late, &late_closing, stream),
+                Ok((stream, peer)) => spawn_on(&late_conns, &late, &late_closing, stream, peer),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -258,17 +261,19 @@ impl Connections {
 
 /// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
 /// a connection that opens with the HTTP/2 preface by hyper's HTTP/2 server, anything else by hyper's
-/// HTTP/1 server. With TLS, hyper serves what ALPN chose.
+/// HTTP/1 server. With TLS, hyper serves what ALPN chose. Every request carries the connection's [`Peer`]
+/// in its extensions.
 async fn serve_connection(
     conns: Arc<Connections>,
     mut stream: TcpStream,
+    peer: Peer,
     service: Service,
     closing: CancellationToken,
     tracker: TaskTracker,
 ) {
     let _ = stream.set_nodelay(true);
     if conns.tls.is_some() {
-        return Box::pin(serve_tls(conns, stream, service, closing)).await;
+        return Box::pin(serve_tls(conns, stream, peer, service, closing)).await;
     }
     // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
     let sniffed = Box::pin(async {
@@ -279,7 +284,8 @@ async fn serve_connection(
     })
     .await;
     let prefix = match sniffed {
-        Sniffed::Events(request) => {
+        Sniffed::Events(mut request) => {
+            request.extensions_mut().insert(peer);
             // The stream continues in a task of its own whose future is only the small pump, not this
             // function's larger state.
             if let Some(ready) = front::respond(request, service).await {
@@ -290,7 +296,7 @@ async fn serve_connection(
         }
         Sniffed::Other(prefix) => prefix,
         Sniffed::Http2(prefix) => {
-            return Box::pin(h2::serve(conns, Rewind::new(prefix, stream), service, closing)).await;
+            return Box::pin(h2::serve(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
         }
         Sniffed::Refused(error) => {
             return Box::pin(front::refuse(conns.deadline(stream, Serving::Response), error)).await;
@@ -299,13 +305,19 @@ async fn serve_connection(
     };
     // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
     // event streams included.
-    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), service, closing)).await;
+    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
 }
 
 /// Completes the TLS handshake (within `--request-timeout`) and serves the connection with hyper:
 /// HTTP/2 when the client chose `h2` by ALPN, else HTTP/1.1 (the event-stream front serves cleartext
 /// only; over TLS, the TLS buffers outweigh what it saves).
-async fn serve_tls(conns: Arc<Connections>, stream: TcpStream, service: Service, closing: CancellationToken) {
+async fn serve_tls(
+    conns: Arc<Connections>,
+    stream: TcpStream,
+    peer: Peer,
+    service: Service,
+    closing: CancellationToken,
+) {
     let Some(tls) = &conns.tls else { return };
     let handshake = tokio::time::timeout(conns.request_timeout, tls.acceptor().accept(stream));
     let stream = tokio::select! {
@@ -317,16 +329,16 @@ async fn serve_tls(conns: Arc<Connections>, stream: TcpStream, service: Service,
         () = closing.cancelled() => return,
     };
     if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
-        h2::serve(conns, stream, service, closing).await;
+        h2::serve(conns, stream, peer, service, closing).await;
     } else {
-        serve_with_hyper(conns, stream, service, closing).await;
+        serve_with_hyper(conns, stream, peer, service, closing).await;
     }
 }
 
 /// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
 /// is an event stream marks the connection as streaming, so that a stall is counted as a stream's. The
 /// answers hyper gives by itself to heads it cannot parse are made JSON ([`json_errors`]).
-async fn serve_with_hyper<T>(conns: Arc<Connections>, io: T, service: Service, closing: CancellationToken)
+async fn serve_with_hyper<T>(conns: Arc<Connections>, io: T, peer: Peer, service: Service, closing: CancellationToken)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -337,6 +349,10 @@ where
             streaming.store(true, Ordering::Relaxed);
         }
         response
+    })
+    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer);
+        request
     });
     let io = JsonErrors::new(io);
     let connection = conns.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
@@ -373,6 +389,7 @@ mod tests {
             max_event_size: 16,
             max_body_size: 16,
             max_connections: 4,
+            max_connections_per_ip: None,
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
             send_timeout: Duration::from_secs(60),

@@ -706,6 +706,15 @@ impl HttpConn {
         Ok(HttpConn { stream, buf: Vec::new(), state: BodyState::Done })
     }
 
+    /// Connects from the loopback source address `source` (127.0.0.2, say: another client).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> std::io::Result<HttpConn> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn { stream, buf: Vec::new(), state: BodyState::Done })
+    }
+
     /// Connects with a small receive buffer (`SO_RCVBUF`), so the server's writes block sooner.
     pub async fn connect_with_recv_buffer(addr: SocketAddr, size: u32) -> std::io::Result<HttpConn> {
         let socket = TcpSocket::new_v4()?;
