@@ -123,6 +123,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert", global = true)]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Peers whose X-Forwarded-For / Forwarded headers name the client, for logs and per-address limits
+    /// (repeatable or comma-separated; an address or a range such as 10.0.0.0/8). Others' are ignored.
+    #[arg(long, env = "HERALD_TRUSTED_PROXY", value_delimiter = ',', global = true)]
+    pub trusted_proxy: Vec<crate::http::client::Cidr>,
+
     /// Folder served at `/` instead of the built-in demo page (`index.html` for `/` and directories); `''`
     /// serves none. `/herald.js` is always served: from the folder if it has one, else built in.
     #[arg(long, env = "HERALD_STATIC_DIR", global = true)]

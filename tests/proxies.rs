@@ -196,3 +196,25 @@ async fn through_caddy_speaking_h2c() {
     let caddy = Proxy::caddy(&caddy_h2c(port, herald.addr()), port);
     subscribers_share_upstream_connections(&caddy, &herald).await;
 }
+
+/// Behind nginx (which appends the address it saw to `X-Forwarded-For`), with `--trusted-proxy` naming it,
+/// `--max-connections-per-ip` counts each browser's address, not nginx's.
+#[tokio::test]
+async fn behind_nginx_the_forwarded_client_address_is_counted() {
+    let herald = TestServer::start(&["--trusted-proxy", "127.0.0.1", "--max-connections-per-ip", "1"]);
+    let port = free_port();
+    let nginx = Proxy::nginx(&nginx_recommended(port, herald.addr(), "60s"), port);
+    let open = |source: &'static str| async move {
+        let mut conn = HttpConn::connect_from(nginx.addr, source.parse().expect("address")).await.expect("connect");
+        conn.send_request("GET", "/events?topics=px/ip", &[], b"").await.expect("write");
+        let (status, headers) =
+            tokio::time::timeout(WAIT, conn.read_head("GET")).await.expect("in time").expect("head");
+        let body = if status == 200 { Vec::new() } else { conn.read_body_to_end().await.expect("body") };
+        (conn, HttpResponse { status, headers, body })
+    };
+    let (_a, first) = open("127.0.0.2").await;
+    let (_b, other) = open("127.0.0.3").await;
+    assert_eq!((first.status, other.status), (200, 200), "{}", other.text());
+    let (_c, again) = open("127.0.0.2").await;
+    assert_error(&again, 503, Some("too_many_connections_per_ip"));
+}

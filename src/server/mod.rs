@@ -41,7 +41,7 @@ use self::tls::Tls;
 pub use self::tls::TlsFiles;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
-use crate::http::client::Peer;
+use crate::http::client::{Peer, TrustedProxies};
 use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
@@ -159,7 +159,12 @@ pub async fn serve(
         "herald listening{}",
         if config.auth_enabled() { "" } else { " (open mode: anyone who can reach this address may subscribe and publish)" }
     );
-    let state = Arc::new(AppState::new(backend, metrics, limits).with_auth(auth).with_static_site(statics));
+    let state = Arc::new(
+        AppState::new(backend, metrics, limits)
+            .with_auth(auth)
+            .with_static_site(statics)
+            .with_trusted_proxies(TrustedProxies::new(config.trusted_proxy.clone())),
+    );
     let service = ServiceBuilder::new().option_layer(cors_layer(&config.cors_origin)).service(App::new(state.clone()));
 
     let tracker = TaskTracker::new();
