@@ -56,12 +56,16 @@ fn nginx_recommended(listen: u16, herald: SocketAddr, read_timeout: &str) -> Str
 
 /// HAProxy speaking HTTP/2 to Herald: `proto h2` on the server line; `http-reuse always` so that new
 /// client connections share the open HTTP/2 connections (with the default, `safe`, each client
-/// connection's first request gets a connection of its own); `option http-no-delay`, without which HAProxy
-/// holds each piece of a streamed response to an HTTP/1.1 client for about 200 ms (it sends with
-/// `MSG_MORE`), so every event would arrive that much late.
+/// connection's first request gets a connection of its own); `tune.h2.max-concurrent-streams`, which in
+/// HAProxy 2.6 also bounds the streams of a backend connection (100 by default: 10,000 subscribers took 100
+/// connections); `option http-no-delay`, without which HAProxy holds each piece of a streamed response to an
+/// HTTP/1.1 client for about 200 ms (it sends with `MSG_MORE`), so every event would arrive that much late.
 fn haproxy_h2(listen: u16, herald: SocketAddr) -> String {
     format!(
-        "defaults
+        "global
+    tune.h2.max-concurrent-streams 1000
+
+defaults
     mode http
     timeout connect 5s
     timeout client 1m
