@@ -251,3 +251,13 @@ async fn shutdown_ends_h2_streams_and_sends_goaway() {
     assert!(driver.is_ok(), "connection ended with {driver:?}");
     assert!(server.wait_exit(WAIT).success());
 }
+
+mod on_redis {
+    super::support::on_redis!(
+        every_endpoint_answers_over_h2c,
+        one_hundred_fifty_streams_share_one_connection,
+        resume_reset_and_heartbeats_over_h2c,
+        a_stalled_stream_does_not_delay_its_neighbours_and_is_reset_after_send_timeout,
+        shutdown_ends_h2_streams_and_sends_goaway,
+    );
+}

@@ -222,3 +222,7 @@ async fn behind_nginx_the_forwarded_client_address_is_counted() {
     let (_c, again) = open("127.0.0.2").await;
     assert_error(&again, 503, Some("too_many_connections_per_ip"));
 }
+
+mod on_redis {
+    super::support::on_redis!(through_nginx_as_installed, through_haproxy_speaking_http2);
+}
