@@ -1,9 +1,9 @@
 //! The accept loop, per-connection serving (HTTP/1, HTTP/2, TLS), and graceful shutdown.
 //!
 //! Each accepted connection is sniffed: a first request of `GET /events` over cleartext HTTP/1 goes to the
-//! event-stream front ([`front`]), a connection that opens with the HTTP/2 preface to hyper's HTTP/2 server
-//! ([`h2`]), anything else to hyper's HTTP/1 server. With `--tls-cert` every connection first completes a
-//! TLS handshake ([`tls`]) and is then served by hyper, HTTP/2 or HTTP/1.1 as ALPN chose.
+//! event-stream front (`front`), a connection that opens with the HTTP/2 preface to hyper's HTTP/2 server
+//! (`h2`), anything else to hyper's HTTP/1 server. With `--tls-cert` every connection first completes a
+//! TLS handshake (`tls`) and is then served by hyper, HTTP/2 or HTTP/1.1 as ALPN chose.
 //!
 //! Shutdown, in order: mark the node draining (`/readyz`, new streams and new publishes 503 `shutting_down`)
 //! and close the hub, which ends every open event stream cleanly after what it has queued; ask every
