@@ -54,6 +54,8 @@ pub struct Metrics {
     pub publishes_settled: AtomicU64,
     /// Publishes whose reply was lost and whose outcome could not be settled.
     pub publishes_unsettled: AtomicU64,
+    /// HTTP/2 connections open now (each carries any number of streams).
+    pub http2_connections: AtomicU64,
 }
 
 /// Gauges owned by the hub, sampled at scrape time.
@@ -193,6 +195,12 @@ impl Metrics {
             "herald_backend_publishes_unsettled_total",
             "Publishes whose reply was lost and whose outcome stayed unknown.",
             &self.publishes_unsettled,
+        );
+        gauge(
+            &mut out,
+            "herald_http2_connections_open",
+            "HTTP/2 connections open now (their streams are in herald_connections_open).",
+            self.http2_connections.load(Relaxed),
         );
         out
     }

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+pub mod h2;
+pub mod proxy;
+pub mod scratch;
+
 /// Bound for one plain HTTP exchange (connect, write, read the whole response).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound for the server to print its start-up line.
