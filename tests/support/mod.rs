@@ -1532,3 +1532,102 @@ pub fn reset_payload(e: &SseEvent) -> (Vec<String>, String) {
         .to_string();
     (topics, reason)
 }
+
+// ---------------------------------------------------------------------------------------------
+// A subscriber that resumes, as the browser client does
+// ---------------------------------------------------------------------------------------------
+
+/// What a [`Resuming`] subscriber has received so far.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// Every event with an id, in the order received, across reconnections.
+    pub events: Vec<SseEvent>,
+    /// Each `herald.reset`: how many events had been received before it, its topics and its reason.
+    pub resets: Vec<(usize, Vec<String>, String)>,
+    /// Streams opened (the first one included) and refusals (non-200 answers, connection errors).
+    pub streams: usize,
+    /// Answers other than 200, and connection failures.
+    pub refusals: usize,
+}
+
+impl Seen {
+    /// The ids received, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.events.iter().map(|e| e.id().to_string()).collect()
+    }
+}
+
+/// A subscriber on one node that, like `herald.js`, reopens its stream whenever it ends or is refused
+/// (after 100 ms), resuming with the last id it received; it records everything in a [`Seen`]. Runs until
+/// dropped.
+pub struct Resuming {
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Resuming {
+    /// Starts it and waits until its first stream is open (200 asserted).
+    pub async fn start(addr: SocketAddr, topics: &[&str]) -> Resuming {
+        let path = events_path(topics, "");
+        let first = SseClient::open(addr, &path, &[]).await;
+        let seen = Arc::new(Mutex::new(Seen { streams: 1, ..Seen::default() }));
+        let task = tokio::spawn(Self::run(addr, path, first, seen.clone()));
+        Resuming { seen, task }
+    }
+
+    async fn run(addr: SocketAddr, path: String, first: SseClient, seen: Arc<Mutex<Seen>>) {
+        let mut client = Some(first);
+        let mut last: Option<String> = None;
+        loop {
+            if let Some(mut c) = client.take() {
+                while let Ok(Some(e)) = c.try_next_event(Duration::from_secs(3600)).await {
+                    let mut seen = seen.lock().expect("seen lock");
+                    if e.event.as_deref() == Some("herald.reset") {
+                        let (topics, reason) = reset_payload(&e);
+                        let at = seen.events.len();
+                        seen.resets.push((at, topics, reason));
+                    } else {
+                        last = Some(e.id().to_string());
+                        seen.events.push(e);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let headers: Vec<(&str, &str)> = last.iter().map(|l| ("Last-Event-ID", l.as_str())).collect();
+            match SseClient::try_connect(addr, &path, &headers, None).await {
+                Ok(c) if c.status == 200 => {
+                    seen.lock().expect("seen lock").streams += 1;
+                    client = Some(c);
+                }
+                Ok(_) | Err(_) => seen.lock().expect("seen lock").refusals += 1,
+            }
+        }
+    }
+
+    /// What it has received so far.
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    /// Waits until it has received the event with id `id`; returns what it has seen then.
+    ///
+    /// # Panics
+    /// When `id` does not arrive within `timeout`.
+    pub async fn wait_for(&self, id: &str, timeout: Duration) -> Seen {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.seen();
+            if seen.events.iter().any(|e| e.id.as_deref() == Some(id)) {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "{id} not received within {timeout:?}; seen: {:?}", seen.ids());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Resuming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -10,8 +10,8 @@
 //! reads each active topic's stream after the last dispatched id (a snapshot, then pages merged by id; see
 //! `history.rs`), dispatches what was missed, and only then serves new
 //! subscriptions. If Redis lost its history meanwhile (no `herald:last-id`, or a `herald:epoch` newer
-//! than the last id dispatched), the node cannot know what
-//! it missed: every local connection is marked lagging and catches up from history itself, which sends
+//! than the last id dispatched), the node cannot know what it missed: every local connection is marked
+//! lagging, before anything read is dispatched, and catches up from history itself, which sends
 //! `herald.reset` when it cannot be covered.
 
 use std::collections::HashSet;
@@ -258,7 +258,21 @@ impl Feed {
         let topics: Vec<Topic> = self.subscribed.iter().cloned().collect();
         let snapshot = self.history.snapshot(&topics, false).await.map_err(|e| e.to_string())?;
         Metrics::add(&self.metrics.backend_catchup_reads, topics.len() as u64);
-        let mut trimmed = snapshot.trimmed_after(&topics, after);
+        // Redis has no history, or its history starts after the last event this node saw: Redis lost
+        // what came in between, if anything. Streams on those topics catch up (or close, so that their
+        // clients resume and are told): the same when events were trimmed while the node was away. They
+        // are marked lagging before anything read below is dispatched: a stream that took one of those
+        // events first would resume from its id, which the history covers, and never learn of the gap
+        // before it (issue 10: Redis restarted twice while the node was stalled).
+        let (last_issued, epoch) = (snapshot.last_issued, snapshot.epoch);
+        let trimmed = snapshot.trimmed_after(&topics, after);
+        if after > EventId::ZERO && (last_issued.is_none() || epoch.is_some_and(|epoch| epoch > after)) {
+            tracing::warn!(%after, "redis lost its history; local streams catch up from what is left");
+            self.hub.lag_topics(&topics);
+        } else if !trimmed.is_empty() {
+            tracing::warn!(%after, topics = trimmed.len(), "events were trimmed while the pub/sub connection was down");
+            self.hub.lag_topics(&trimmed);
+        }
         let mut pager = self.history.pager(&topics, after, &snapshot, false);
         let mut caught_up = 0u64;
         loop {
@@ -275,7 +289,7 @@ impl Feed {
                 Err(ReadError::Failed(cause)) => return Err(cause),
                 // Trimmed or lost while reading: the local streams catch up (or are told) themselves.
                 Err(ReadError::Overtaken | ReadError::HistoryLost) => {
-                    trimmed.clone_from(&topics);
+                    self.hub.lag_topics(&topics);
                     break;
                 }
             }
@@ -283,17 +297,6 @@ impl Feed {
         Metrics::add(&self.metrics.backend_events_caught_up, caught_up);
         if caught_up > 0 {
             tracing::info!(events = caught_up, "caught up from redis streams after reconnecting");
-        }
-        // Redis has no history, or its history starts after the last event this node saw: Redis lost
-        // what came in between, if anything. Streams on those topics catch up (or close, so that their
-        // clients resume and are told): the same when events were trimmed while the node was away.
-        let (last_issued, epoch) = (snapshot.last_issued, snapshot.epoch);
-        if after > EventId::ZERO && (last_issued.is_none() || epoch.is_some_and(|epoch| epoch > after)) {
-            tracing::warn!(%after, "redis lost its history; local streams catch up from what is left");
-            self.hub.lag_topics(&topics);
-        } else if !trimmed.is_empty() {
-            tracing::warn!(%after, topics = trimmed.len(), "events were trimmed while the pub/sub connection was down");
-            self.hub.lag_topics(&trimmed);
         }
         Ok(())
     }
