@@ -488,6 +488,9 @@ impl RedisServer {
         let port = self.port.to_string();
         let mut args: Vec<String> =
             ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from).to_vec();
+        // A replica's full sync goes through an RDB file: keep it out of the working directory.
+        let dir = std::env::temp_dir().display().to_string();
+        args.extend(["--dir".to_string(), dir, "--dbfilename".to_string(), self.rdb_name()]);
         args.extend(self.extra.iter().cloned());
         if let Some(tls_port) = self.tls_port {
             let dir = format!("{}/tests/fixtures/redis-tls", env!("CARGO_MANIFEST_DIR"));
@@ -542,6 +545,11 @@ impl RedisServer {
         }
     }
 
+    /// The RDB file name of this server (in the temporary directory; see `try_restart`).
+    fn rdb_name(&self) -> String {
+        format!("herald-test-{}-{}.rdb", std::process::id(), self.port)
+    }
+
     /// Sends one command and returns the raw RESP reply (for simple replies: `+OK\r\n`, `:1\r\n`...).
     ///
     /// # Errors
@@ -564,6 +572,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_file(std::env::temp_dir().join(self.rdb_name()));
     }
 }
 
