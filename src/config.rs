@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::{Auth, AuthSettings};
+use crate::backend::redis::SentinelUrl;
 
 /// Herald: real-time notifications over Server-Sent Events, with resumable history.
 #[derive(Debug, Clone, Parser)]
@@ -22,10 +23,24 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen, global = true)]
     pub listen: SocketAddr,
 
-    /// Use Redis as the backend (redis://host:port[/db], or rediss:// for TLS); without it, the in-memory
-    /// backend.
+    /// Use Redis as the backend (redis://host:port[/db], rediss:// for TLS, or
+    /// redis+sentinel://host:port[,host:port…]/master[/db] to follow the primary the Sentinels name, with
+    /// the servers' password as in redis:// URLs); without it, the in-memory backend.
     #[arg(long, env = "HERALD_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+
+    /// Password of the Sentinels of a redis+sentinel:// URL (the URL's password is the Redis servers').
+    #[arg(long, env = "HERALD_REDIS_SENTINEL_PASSWORD", hide_env_values = true, global = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Redis: a publish answers once this many replicas have acknowledged the event (WAIT); when fewer did
+    /// within --redis-wait-timeout it answers 200 with "replicated": false.
+    #[arg(long, env = "HERALD_REDIS_WAIT_REPLICAS", default_value_t = 0, global = true)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a publish waits for --redis-wait-replicas replicas, in milliseconds.
+    #[arg(long, env = "HERALD_REDIS_WAIT_TIMEOUT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), global = true)]
+    pub redis_wait_timeout: u64,
 
     /// PEM file of the certificate authority to trust for a rediss:// Redis (default: the system's roots).
     #[arg(long, env = "HERALD_REDIS_CA_CERT", global = true)]
@@ -109,6 +124,25 @@ pub struct Config {
     #[arg(long, env = "HERALD_SEND_TIMEOUT", default_value = "60", value_parser = parse_secs, global = true)]
     pub send_timeout: Duration,
 
+    /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS): a proxy that speaks
+    /// HTTP/2 to Herald carries this many subscribers on one connection.
+    #[arg(long, env = "HERALD_H2_MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub h2_max_streams: u32,
+
+    /// PEM file of the certificate chain to serve HTTPS with (HTTP/2 and HTTP/1.1 offered by ALPN); needs
+    /// --tls-key. Both files are read again on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Peers whose X-Forwarded-For / Forwarded headers name the client, for logs and per-address limits
+    /// (repeatable or comma-separated; an address or a range such as 10.0.0.0/8). Others' are ignored.
+    #[arg(long, env = "HERALD_TRUSTED_PROXY", value_delimiter = ',', global = true)]
+    pub trusted_proxy: Vec<crate::http::client::Cidr>,
+
     /// Folder served at `/` instead of the built-in demo page (`index.html` for `/` and directories); `''`
     /// serves none. `/herald.js` is always served: from the folder if it has one, else built in.
     #[arg(long, env = "HERALD_STATIC_DIR", global = true)]
@@ -153,8 +187,11 @@ pub enum ConfigError {
     )]
     OpenOnPublicAddress(SocketAddr),
     /// `--redis-url` is not a Redis URL.
-    #[error("--redis-url {0:?} is not a redis URL (redis://[:password@]host:port[/db])")]
-    BadRedisUrl(String),
+    #[error(
+        "--redis-url {0:?} is not a redis URL (redis://[:password@]host:port[/db], or \
+         redis+sentinel://[:password@]host:port[,host:port…]/master[/db]): {1}"
+    )]
+    BadRedisUrl(String, String),
     /// A limit that makes no sense with another.
     #[error("{0}")]
     Invalid(String),
@@ -195,9 +232,19 @@ impl Config {
             return Err(ConfigError::OpenOnPublicAddress(self.listen));
         }
         if let Some(url) = &self.redis_url {
-            if redis::Client::open(url.as_str()).is_err() {
-                return Err(ConfigError::BadRedisUrl(url.clone()));
-            }
+            crate::backend::redis::validate_url(url).map_err(|e| ConfigError::BadRedisUrl(url.clone(), e))?;
+        }
+        let sentinel = self.redis_url.as_deref().is_some_and(|u| u.starts_with(SentinelUrl::SCHEME));
+        if self.redis_sentinel_password.is_some() && !sentinel {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-sentinel-password applies to a {} --redis-url only",
+                SentinelUrl::SCHEME
+            )));
+        }
+        if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "--redis-wait-replicas applies to the Redis backend (--redis-url)".into(),
+            ));
         }
         if self.redis_ca_cert.is_some() {
             if !self.redis_url.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
@@ -212,6 +259,7 @@ impl Config {
             return Err(ConfigError::Invalid("--max-connections must be positive".into()));
         }
         self.static_site()?;
+        self.tls()?;
         Ok(())
     }
 
@@ -241,6 +289,17 @@ impl Config {
             let dir = self.static_dir.as_deref().unwrap_or_default();
             ConfigError::Invalid(format!("--static-dir {dir:?}: {e} (give a folder, or '' to serve none)"))
         })
+    }
+
+    /// The certificate and key of `--tls-cert` / `--tls-key`, read and checked: `None` without them.
+    ///
+    /// # Errors
+    /// A file cannot be read, holds no certificate or no key, or the key does not match the certificate.
+    pub fn tls(&self) -> Result<Option<crate::server::TlsFiles>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let files = crate::server::TlsFiles { cert: cert.clone(), key: key.clone() };
+        files.load().map_err(ConfigError::Invalid)?;
+        Ok(Some(files))
     }
 
     /// The flags that concern authentication.

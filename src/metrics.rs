@@ -95,6 +95,18 @@ metrics! {
     /// Publishes whose reply was lost and whose outcome could not be settled.
     publishes_unsettled: counter AtomicU64 =
         "herald_backend_publishes_unsettled_total", "Publishes whose reply was lost and whose outcome stayed unknown.";
+    /// HTTP/2 connections open now (each carries any number of streams).
+    http2_connections: gauge AtomicU64 = "herald_http2_connections_open",
+        "HTTP/2 connections open now (their streams are in herald_connections_open).";
+    /// Publishes answered before `--redis-wait-replicas` replicas acknowledged them (`"replicated": false`).
+    publishes_unreplicated: counter AtomicU64 = "herald_backend_publishes_unreplicated_total",
+        "Publishes answered before --redis-wait-replicas replicas acknowledged them.";
+    /// Publishes that repeated an `Idempotency-Key` and published nothing (`"duplicate": true`).
+    publishes_duplicate: counter AtomicU64 = "herald_publishes_duplicate_total",
+        "Publishes that repeated an Idempotency-Key and published nothing.";
+    /// Times the node moved to another Redis primary (a Sentinel failover).
+    backend_primary_changes: counter AtomicU64 = "herald_backend_primary_changes_total",
+        "Times this node moved to another Redis primary (a Sentinel failover).";
 }
 
 fn render_one(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
@@ -210,9 +222,10 @@ mod tests {
         ));
         assert!(text.contains("# TYPE herald_events_delivered_total counter\nherald_events_delivered_total 3\n"));
         assert!(text.contains("\nherald_bytes_written_total 150\n"));
-        assert!(text.ends_with(
+        assert!(text.contains(
             "# TYPE herald_backend_publishes_unsettled_total counter\nherald_backend_publishes_unsettled_total 1\n"
         ));
-        assert_eq!(text.matches("# HELP ").count(), 24);
+        assert!(text.ends_with("herald_backend_primary_changes_total 0\n"));
+        assert_eq!(text.matches("# HELP ").count(), 28);
     }
 }

@@ -38,7 +38,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{judge_last_id, Backend, HistoryLimits, NewEvent, Replay, Reset};
+use super::idempotency::{Claim, KeyTable};
+use super::{judge_last_id, Backend, HistoryLimits, NewEvent, PublishOptions, Published, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Hub, Registration};
 use crate::id::{EventId, LastEventId};
@@ -59,6 +60,8 @@ pub struct MemoryBackend {
     state: Mutex<State>,
     /// Events stored but not yet handed to the hub, in id order; see "Dispatch in id order" above.
     sequencer: Mutex<Sequencer>,
+    /// `Idempotency-Key`s used in the last ten minutes.
+    keys: KeyTable,
 }
 
 /// The dispatch queue of the memory backend.
@@ -305,6 +308,7 @@ impl MemoryBackend {
             metrics,
             state: Mutex::new(State::new()),
             sequencer: Mutex::default(),
+            keys: KeyTable::default(),
         }
     }
 
@@ -396,6 +400,18 @@ impl Backend for MemoryBackend {
         drop(guard);
         self.dispatch_queued();
         Ok(id)
+    }
+
+    async fn publish_with(&self, event: NewEvent, options: PublishOptions) -> Result<Published, Error> {
+        let Some(key) = &options.idempotency_key else { return self.publish(event).await.map(Published::new) };
+        match self.keys.claim(key).await? {
+            Claim::Done(id) => Ok(Published { id, duplicate: true, replicated: None }),
+            Claim::Owner(owner) => {
+                let id = self.publish(event).await?;
+                owner.finish(id);
+                Ok(Published::new(id))
+            }
+        }
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<Registration, Error> {

@@ -71,7 +71,8 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
     if state.is_draining() {
         return Err(Error::ShuttingDown);
     }
-    let address = match (&state.addresses, client_address(&req)) {
+    let client = client_address(&req, &state.trusted_proxies);
+    let address = match (&state.addresses, client) {
         (Some(slots), Some(ip)) => {
             Some(slots.acquire(ip).inspect_err(|_| Metrics::inc(&state.metrics.per_ip_refused))?)
         }
@@ -102,7 +103,7 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         }
         replay = found.history;
     }
-    tracing::debug!(topics = ?query.topics, tagged = query.tag_topics, "stream opened");
+    tracing::debug!(client = ?client, topics = ?query.topics, tagged = query.tag_topics, "stream opened");
     let settings = state.stream_settings.clone();
     let mut stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
     if query.tag_topics {

@@ -75,6 +75,8 @@ pub struct AppState {
     pub statics: StaticSite,
     /// Streams open per client address, when `--max-connections-per-ip` is set.
     pub addresses: Option<Arc<client::AddressSlots>>,
+    /// Peers whose forwarding headers name the client (`--trusted-proxy`).
+    pub trusted_proxies: client::TrustedProxies,
     draining: AtomicBool,
 }
 
@@ -95,8 +97,16 @@ impl AppState {
             auth: None,
             statics: StaticSite::BuiltIn,
             addresses,
+            trusted_proxies: client::TrustedProxies::default(),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Believes the forwarding headers of peers in these ranges (`--trusted-proxy`).
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, trusted: client::TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
     }
 
     /// Serves these static files (the built-in ones by default).

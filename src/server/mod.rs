@@ -1,4 +1,9 @@
-//! The accept loop, per-connection HTTP/1 serving, and graceful shutdown.
+//! The accept loop, per-connection serving (HTTP/1, HTTP/2, TLS), and graceful shutdown.
+//!
+//! Each accepted connection is sniffed: a first request of `GET /events` over cleartext HTTP/1 goes to the
+//! event-stream front (`front`), a connection that opens with the HTTP/2 preface to hyper's HTTP/2 server
+//! (`h2`), anything else to hyper's HTTP/1 server. With `--tls-cert` every connection first completes a
+//! TLS handshake (`tls`) and is then served by hyper, HTTP/2 or HTTP/1.1 as ALPN chose.
 //!
 //! Shutdown, in order: mark the node draining (`/readyz`, new streams and new publishes 503 `shutting_down`)
 //! and close the hub, which ends every open event stream cleanly after what it has queued; ask every
@@ -13,12 +18,15 @@ use std::time::Duration;
 
 mod deadline;
 mod front;
+mod h2;
 mod json_errors;
 mod rewind;
+mod tls;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,9 +37,12 @@ use self::deadline::{Serving, WriteDeadline};
 use self::front::Sniffed;
 use self::json_errors::JsonErrors;
 use self::rewind::Rewind;
+use self::tls::Tls;
+pub use self::tls::TlsFiles;
+use crate::backend::redis::RedisSettings;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
-use crate::http::client::Peer;
+use crate::http::client::{Peer, TrustedProxies};
 use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
@@ -69,8 +80,14 @@ fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Back
     let queue = usize::try_from(config.queue_size).unwrap_or(usize::MAX);
     Ok(match &config.redis_url {
         Some(url) => {
-            let ca = config.redis_ca_pem().map_err(|e| e.to_string())?;
-            Arc::new(RedisBackend::connect(url, ca, history, queue, metrics.clone())?)
+            let settings = RedisSettings {
+                url: url.clone(),
+                ca_cert: config.redis_ca_pem().map_err(|e| e.to_string())?,
+                sentinel_password: config.redis_sentinel_password.clone(),
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: Duration::from_millis(config.redis_wait_timeout),
+            };
+            Arc::new(RedisBackend::connect(&settings, history, queue, metrics.clone())?)
         }
         None => Arc::new(
             MemoryBackend::new(history, queue, metrics.clone())
@@ -134,17 +151,27 @@ pub async fn serve(
         send_timeout: config.send_timeout,
         request_timeout: config.request_timeout,
     };
+    let tls = config.tls()?.map(Tls::new).transpose()?;
+    if let Some(tls) = &tls {
+        tls.reload_on_sighup();
+    }
     let addr = listener.local_addr()?;
     wait_ready(backend.as_ref()).await;
     tracing::info!(
         %addr,
         backend = %backend.name(),
         auth = %if config.auth_enabled() { "on" } else { "off" },
+        tls = %if tls.is_some() { "on" } else { "off" },
         max_connections = limits.max_connections,
         "herald listening{}",
         if config.auth_enabled() { "" } else { " (open mode: anyone who can reach this address may subscribe and publish)" }
     );
-    let state = Arc::new(AppState::new(backend, metrics, limits).with_auth(auth).with_static_site(statics));
+    let state = Arc::new(
+        AppState::new(backend, metrics, limits)
+            .with_auth(auth)
+            .with_static_site(statics)
+            .with_trusted_proxies(TrustedProxies::new(config.trusted_proxy.clone())),
+    );
     let service = ServiceBuilder::new().option_layer(cors_layer(&config.cors_origin)).service(App::new(state.clone()));
 
     let tracker = TaskTracker::new();
@@ -153,6 +180,8 @@ pub async fn serve(
     http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER).header_read_timeout(Some(config.request_timeout));
     let conns = Arc::new(Connections {
         http,
+        h2: h2::builder(config.h2_max_streams, config.send_timeout, state.metrics.clone()),
+        tls,
         request_timeout: config.request_timeout,
         send_timeout: config.send_timeout,
         metrics: state.metrics.clone(),
@@ -223,6 +252,10 @@ type Service = tower::util::Either<tower_http::cors::Cors<App>, App>;
 struct Connections {
     /// hyper's HTTP/1 settings.
     http: http1::Builder,
+    /// hyper's HTTP/2 settings.
+    h2: http2::Builder<h2::StreamTasks>,
+    /// With `--tls-cert`: every connection is TLS.
+    tls: Option<Tls>,
     /// Time a client has to send a request head (`--request-timeout`).
     request_timeout: Duration,
     /// Time a write may wait for the client to accept bytes (`--send-timeout`): see [`deadline`].
@@ -239,7 +272,9 @@ impl Connections {
 }
 
 /// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
-/// anything else by hyper. Every request carries the connection's [`Peer`] in its extensions.
+/// a connection that opens with the HTTP/2 preface by hyper's HTTP/2 server, anything else by hyper's
+/// HTTP/1 server. With TLS, hyper serves what ALPN chose. Every request carries the connection's [`Peer`]
+/// in its extensions.
 async fn serve_connection(
     conns: Arc<Connections>,
     mut stream: TcpStream,
@@ -249,6 +284,9 @@ async fn serve_connection(
     tracker: TaskTracker,
 ) {
     let _ = stream.set_nodelay(true);
+    if conns.tls.is_some() {
+        return Box::pin(serve_tls(conns, stream, peer, service, closing)).await;
+    }
     // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
     let sniffed = Box::pin(async {
         tokio::select! {
@@ -269,6 +307,9 @@ async fn serve_connection(
             return;
         }
         Sniffed::Other(prefix) => prefix,
+        Sniffed::Http2(prefix) => {
+            return Box::pin(h2::serve(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
+        }
         Sniffed::Refused(error) => {
             return Box::pin(front::refuse(conns.deadline(stream, Serving::Response), error)).await;
         }
@@ -279,16 +320,40 @@ async fn serve_connection(
     Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
 }
 
-/// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
-/// is an event stream marks the connection as streaming, so that a stall is counted as a stream's. The
-/// answers hyper gives by itself to heads it cannot parse are made JSON ([`json_errors`]).
-async fn serve_with_hyper(
+/// Completes the TLS handshake (within `--request-timeout`) and serves the connection with hyper:
+/// HTTP/2 when the client chose `h2` by ALPN, else HTTP/1.1 (the event-stream front serves cleartext
+/// only; over TLS, the TLS buffers outweigh what it saves).
+async fn serve_tls(
     conns: Arc<Connections>,
-    io: Rewind<TcpStream>,
+    stream: TcpStream,
     peer: Peer,
     service: Service,
     closing: CancellationToken,
 ) {
+    let Some(tls) = &conns.tls else { return };
+    let handshake = tokio::time::timeout(conns.request_timeout, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(cause = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!("TLS handshake timed out"),
+        },
+        () = closing.cancelled() => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+        h2::serve(conns, stream, peer, service, closing).await;
+    } else {
+        serve_with_hyper(conns, stream, peer, service, closing).await;
+    }
+}
+
+/// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
+/// is an event stream marks the connection as streaming, so that a stall is counted as a stream's. The
+/// answers hyper gives by itself to heads it cannot parse are made JSON ([`json_errors`]).
+async fn serve_with_hyper<T>(conns: Arc<Connections>, io: T, peer: Peer, service: Service, closing: CancellationToken)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let streaming = Arc::new(AtomicBool::new(false));
     let io = conns.deadline(io, Serving::Flag(streaming.clone()));
     let service = ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(service, move |response| {
@@ -348,6 +413,8 @@ mod tests {
         let ready = front::respond(request, service).await.expect("response");
         let conns = Connections {
             http: http1::Builder::new(),
+            h2: h2::builder(8, Duration::from_secs(60), Arc::default()),
+            tls: None,
             request_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
             metrics: Arc::default(),
