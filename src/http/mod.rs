@@ -22,10 +22,10 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 pub mod body;
-mod events;
+pub(crate) mod events;
 mod form;
 mod ops;
-mod publish;
+pub(crate) mod publish;
 mod static_files;
 
 pub use body::ResponseBody;

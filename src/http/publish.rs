@@ -17,7 +17,7 @@ use crate::topic::{validate_type, TopicSet};
 
 /// The accepted body formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     Form,
 }
@@ -111,7 +111,8 @@ fn data_text(raw: &RawValue) -> Result<String, Error> {
 
 /// `json` (valid JSON text) without the whitespace between its tokens, and with each string written as
 /// serde_json writes it (escapes decoded and made again: `"\u00e9"` is `"é"`), as a `serde_json::Value`
-/// would print it: keys in their order, numbers as written (`12.50` stays `12.50`). Linear in `json`.
+/// would print it: keys in their order, numbers as written (`12.50` stays `12.50`; unlike a `Value`, an
+/// exponent keeps its spelling too: `1E5` stays `1E5` where a `Value` prints `1e+5`). Linear in `json`.
 ///
 /// # Errors
 /// [`Error::BadRequest`] when a string cannot be decoded (cannot happen for text serde_json checked).
@@ -197,7 +198,7 @@ fn form_text(field: &str, value: Cow<'_, [u8]>) -> Result<String, Error> {
 }
 
 /// Parses and validates a publish body into an event.
-fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
+pub(crate) fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Result<NewEvent, Error> {
     let mut topics = TopicSet::new(limits.max_topics);
     let (kind, data) = match format {
         Format::Json => {
