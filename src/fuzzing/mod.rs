@@ -11,6 +11,7 @@
 //! - [`publish_body`]: a `POST /publish` body read as JSON and as a form; a form against a model, JSON
 //!   against `serde_json::Value`.
 //! - [`sse_event`]: the SSE encoder against a parser written from the standard ([`event_stream`]).
+//! - [`request_head`]: the event-stream front's head parser, against httparse.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -422,4 +423,59 @@ pub fn sse_event(input: &SseInput<'_>) {
 
 fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_else(|e| panic!("the encoder wrote bytes that are not UTF-8: {e}"))
+}
+
+/// The request-head front (`server::front::parse_head`), which takes the first head of every connection
+/// and serves a body-less `GET /events` itself, leaving anything else to hyper.
+///
+/// Checks: never a panic; a head taken as `GET /events` is one httparse reads completely (with room for
+/// any number of header fields) as `GET` of the same path and query (a fragment dropped), in the same HTTP version, with the same
+/// header fields, none of them announcing a body or an upgrade; every shorter prefix of that head is
+/// "partial" (however the head is split into reads, it is taken the same way); a head called partial is
+/// partial for httparse too.
+///
+/// # Panics
+/// When a check fails.
+pub fn request_head(input: &[u8]) {
+    use crate::server::front::{parse_head, Parsed};
+    let mut fields = vec![httparse::EMPTY_HEADER; 1024];
+    let mut reference = httparse::Request::new(&mut fields);
+    let status = reference.parse(input);
+    let request = match parse_head(input) {
+        Parsed::Events(request) => request,
+        Parsed::Partial => {
+            assert!(matches!(status, Ok(httparse::Status::Partial)), "partial, but httparse says {status:?}");
+            return;
+        }
+        Parsed::Other => return,
+    };
+    let Ok(httparse::Status::Complete(head_len)) = status else {
+        panic!("taken as GET /events, but httparse says {status:?}");
+    };
+    assert_eq!(reference.method, Some("GET"));
+    assert_eq!(request.uri().path(), "/events");
+    // A fragment (not allowed in a request target) is dropped, as `http::Uri` (and so hyper) drops it.
+    let target = reference.path.and_then(|p| p.split('#').next());
+    assert_eq!(request.uri().path_and_query().map(|p| p.as_str()), target, "path and query");
+    let version = if reference.version == Some(0) { http::Version::HTTP_10 } else { http::Version::HTTP_11 };
+    assert_eq!(request.version(), version);
+    assert_eq!(request.headers().len(), reference.headers.len(), "header fields");
+    for field in reference.headers.iter() {
+        let name = field.name.to_ascii_lowercase();
+        let sent: Vec<&[u8]> =
+            reference.headers.iter().filter(|f| f.name.eq_ignore_ascii_case(&name)).map(|f| f.value).collect();
+        let taken: Vec<&[u8]> = request.headers().get_all(&name).iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(taken, sent, "values of {name}");
+        let body =
+            matches!(&*name, "transfer-encoding" | "upgrade") || (name == "content-length" && field.value != b"0");
+        assert!(!body, "taken as GET /events with {name}: {:?}", String::from_utf8_lossy(field.value));
+    }
+    // However the head arrives, in one read or many, it is taken the same way.
+    let step = (head_len / 64).max(1);
+    for end in (0..head_len).step_by(step).chain([head_len - 1]) {
+        assert!(
+            matches!(parse_head(&input[..end]), Parsed::Partial),
+            "the first {end} bytes of the head are not partial"
+        );
+    }
 }

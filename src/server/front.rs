@@ -48,7 +48,7 @@ pub(crate) enum Sniffed {
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived, and the large variant is the common one
-enum Parsed {
+pub(crate) enum Parsed {
     Events(Request<Empty<Bytes>>),
     Other,
     Partial,
@@ -76,7 +76,7 @@ pub(crate) async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Snif
 }
 
 /// Parses a head; only a body-less `GET /events` becomes a request.
-fn parse_head(buf: &[u8]) -> Parsed {
+pub(crate) fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {

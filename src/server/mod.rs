@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod front;
+pub(crate) mod front;
 mod rewind;
 
 use hyper::server::conn::http1;

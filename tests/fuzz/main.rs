@@ -28,6 +28,12 @@ fn publish_body() {
     check!(name = "publish_body").for_each(fuzzing::publish_body);
 }
 
+/// The first request head of a connection, as the event-stream front reads it.
+#[test]
+fn request_head() {
+    check!(name = "request_head").for_each(fuzzing::request_head);
+}
+
 /// A piece of event data: line ends are what matters to the encoder, so they come often.
 #[derive(Debug, TypeGenerator)]
 enum Piece {
