@@ -25,6 +25,16 @@ pub enum Error {
     /// The request body could not be read as the content type says.
     #[error("malformed request body: {0}")]
     BadRequest(String),
+    /// A request head that is not HTTP/1.1 (or that HTTP/1.1 does not allow: a bad header line, an invalid
+    /// `Content-Length`...).
+    #[error("malformed request head")]
+    MalformedHead,
+    /// A request target too long for the head buffer (64 KiB).
+    #[error("the request target (URI) is too long")]
+    UriTooLong,
+    /// A request head over 64 KiB, or with more than 100 header fields.
+    #[error("the request head is too large (at most 64 KiB and 100 header fields)")]
+    HeadTooLarge,
     /// The event type is not allowed.
     #[error("bad event type {0:?}: 1 to 64 bytes of A-Z a-z 0-9 . _ : - not starting with \"herald.\"")]
     BadType(String),
@@ -79,6 +89,10 @@ pub enum Error {
     /// The backend cannot be reached; nothing was done.
     #[error("the backend is unavailable; retry later")]
     BackendUnavailable(String),
+    /// `/readyz`: the backend cannot be reached now. (Not logged: probes ask often, and the backend logs
+    /// why itself.)
+    #[error("the backend is unavailable")]
+    NotReady,
     /// The backend stopped answering after a publish was sent, and whether it ran could not be found out.
     #[error("the backend stopped answering while publishing: the event may or may not have been published")]
     PublishOutcomeUnknown,
@@ -92,8 +106,11 @@ impl Error {
             | Error::BadTopic(_)
             | Error::TooManyTopics { .. }
             | Error::BadRequest(_)
+            | Error::MalformedHead
             | Error::BadType(_)
             | Error::MissingData => StatusCode::BAD_REQUEST,
+            Error::UriTooLong => StatusCode::URI_TOO_LONG,
+            Error::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::EventTooLarge { .. } | Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -104,6 +121,7 @@ impl Error {
             Error::ShuttingDown
             | Error::TooManyConnections
             | Error::BackendUnavailable(_)
+            | Error::NotReady
             | Error::PublishOutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -114,7 +132,9 @@ impl Error {
             Error::NoTopic => "no_topic",
             Error::BadTopic(_) => "bad_topic",
             Error::TooManyTopics { .. } => "too_many_topics",
-            Error::BadRequest(_) => "bad_request",
+            Error::BadRequest(_) | Error::MalformedHead => "bad_request",
+            Error::UriTooLong => "uri_too_long",
+            Error::HeadTooLarge => "request_header_fields_too_large",
             Error::BadType(_) => "bad_type",
             Error::MissingData => "missing_data",
             Error::EventTooLarge { .. } => "event_too_large",
@@ -128,7 +148,7 @@ impl Error {
             Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::TooManyConnections => "too_many_connections",
-            Error::BackendUnavailable(_) | Error::PublishOutcomeUnknown => "backend_unavailable",
+            Error::BackendUnavailable(_) | Error::NotReady | Error::PublishOutcomeUnknown => "backend_unavailable",
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub backend_events_caught_up: AtomicU64,
     /// Backend commands that failed or timed out.
     pub backend_errors: AtomicU64,
+    /// Events read from the backend (Redis) that a publish over HTTP could not have sent (a bad type or
+    /// topic, a malformed id or message), dropped instead of delivered.
+    pub backend_invalid_events: AtomicU64,
     /// Bytes of event history held in this process (the memory backend; 0 with Redis).
     pub history_bytes: AtomicU64,
     /// Requests refused with 401 (no valid token where one was needed).
@@ -152,6 +155,12 @@ impl Metrics {
             "herald_backend_errors_total",
             "Backend commands that failed or timed out.",
             &self.backend_errors,
+        );
+        counter(
+            &mut out,
+            "herald_backend_invalid_events_total",
+            "Events read from the backend that were not valid (bad type, topic or id) and were dropped.",
+            &self.backend_invalid_events,
         );
         counter(
             &mut out,

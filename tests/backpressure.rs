@@ -288,6 +288,91 @@ async fn lag_before_the_first_event_loses_nothing() {
     assert_eq!(m["herald_resets_total"], 0.0);
 }
 
+/// How a `GET /events` reached hyper rather than the event-stream front (the front now reads heads up to
+/// 64 KiB itself, so the large head comes to it; the send timeout must hold either way).
+#[derive(Debug, Clone, Copy)]
+enum HyperPath {
+    /// The second request of a keep-alive connection (as nginx with upstream keepalive sends it).
+    KeepAlive,
+    /// An absolute-form request target.
+    AbsoluteForm,
+    /// A request head over 16 KiB.
+    LargeHead,
+    /// An `Upgrade` header.
+    Upgrade,
+}
+
+/// Opens a stream of `topic` along `path`, on a socket with a small receive buffer, and reads its head.
+async fn open_stalling(addr: SocketAddr, path: HyperPath, topic: &str) -> HttpConn {
+    let mut conn = HttpConn::connect_with_recv_buffer(addr, 4096).await.expect("connect");
+    let target = format!("/events?topics={}", enc(topic));
+    match path {
+        HyperPath::KeepAlive => {
+            conn.send_request("GET", "/healthz", &[], b"").await.expect("send");
+            let (status, _) = conn.read_head("GET").await.expect("head");
+            assert_eq!(status, 200);
+            conn.read_body_to_end().await.expect("healthz body");
+            conn.send_request("GET", &target, &[], b"").await.expect("send");
+        }
+        HyperPath::AbsoluteForm => {
+            let head = format!("GET http://{addr}{target} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            conn.write_all(head.as_bytes()).await.expect("send");
+        }
+        HyperPath::LargeHead => {
+            let pad = "p".repeat(17 * 1024);
+            conn.send_request("GET", &target, &[("X-Pad", &pad)], b"").await.expect("send");
+        }
+        HyperPath::Upgrade => {
+            conn.send_request("GET", &target, &[("Connection", "Upgrade"), ("Upgrade", "websocket")], b"")
+                .await
+                .expect("send");
+        }
+    }
+    let (status, headers) = conn.read_head("GET").await.expect("head");
+    assert_eq!(status, 200, "{path:?}");
+    assert_eq!(find_header(&headers, "content-type").map(media_type).as_deref(), Some("text/event-stream"));
+    conn
+}
+
+/// `--send-timeout` holds whichever path serves the stream: on each path that hyper serves, a client that
+/// stops reading is closed once it has accepted nothing for the timeout, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timeout_closes_stalled_streams_on_every_path() {
+    const MAX_EVENTS: usize = 3000;
+    let server = TestServer::start(&["--send-timeout", "1", "--queue-size", "8"]);
+    let addr = server.addr();
+    for (n, path) in [HyperPath::KeepAlive, HyperPath::AbsoluteForm, HyperPath::LargeHead, HyperPath::Upgrade]
+        .into_iter()
+        .enumerate()
+    {
+        let topic = format!("bp/path/{n}");
+        let mut conn = open_stalling(addr, path, &topic).await;
+        let stalled_before = metrics(addr).await["herald_stalled_dropped_total"];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut published = 0;
+        while metrics(addr).await["herald_stalled_dropped_total"] < stalled_before + 1.0 {
+            assert!(
+                published < MAX_EVENTS && Instant::now() < deadline,
+                "{path:?}: not closed after {published} events"
+            );
+            for _ in 0..50 {
+                publish(addr, &[&topic], None, &payload(published)).await;
+                published += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("{path:?}: closed after {published} events of 16 KiB");
+        wait_metric(addr, "herald_connections_open", Duration::from_secs(5), |v| v == 0.0).await;
+        // Reading now drains what the kernel held, then finds the stream cut.
+        let end = tokio::time::timeout(Duration::from_secs(20), conn.read_body_to_end()).await;
+        assert!(
+            matches!(end, Ok(Err(_))),
+            "{path:?}: expected the stream cut, got {:?}",
+            end.map(|r| r.map(|b| b.len()))
+        );
+    }
+}
+
 /// The same tests against Redis.
 mod on_redis {
     super::support::on_redis!(
@@ -295,5 +380,6 @@ mod on_redis {
         slow_reader_catches_up_or_resumes_without_gap,
         client_accepting_nothing_is_closed_after_send_timeout,
         lag_before_the_first_event_loses_nothing,
+        send_timeout_closes_stalled_streams_on_every_path,
     );
 }

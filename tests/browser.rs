@@ -112,6 +112,11 @@ fn restart_on_redis_resumes() {
 }
 
 #[test]
+fn retry_503_during_shutdown() {
+    run("retry_503_during_shutdown");
+}
+
+#[test]
 fn token_expiry_401_retried() {
     run("token_expiry_401_retried");
 }

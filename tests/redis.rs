@@ -491,6 +491,85 @@ async fn publish_lost_with_its_connection_is_settled_as_not_published() {
     assert!(metrics(addr).await["herald_backend_publishes_settled_total"] >= 1.0);
 }
 
+/// The publish script as documented, read from the source, for publishing as another program would.
+fn publish_script() -> String {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/redis/scripts.rs"))
+        .expect("read scripts.rs");
+    let start = source.find("pub(super) const PUBLISH: &str = r\"").expect("PUBLISH script") + 35;
+    let len = source[start..].find("\";").expect("end of the PUBLISH script");
+    source[start..start + len].to_string()
+}
+
+/// Publishes through the documented script with `redis-cli`-style `EVAL`, bypassing Herald's checks.
+fn eval_publish(redis: &RedisServer, topics: &[&str], kind: &str, data: &str) -> String {
+    let script = publish_script();
+    let keys: Vec<String> = topics.iter().map(|t| format!("herald:stream:{t}")).collect();
+    let count = (2 + topics.len()).to_string();
+    let mut args = vec!["EVAL", script.as_str(), count.as_str(), "herald:last-id", "herald:epoch"];
+    args.extend(keys.iter().map(String::as_str));
+    args.extend(["1000", "0", kind, data, "0-0"]);
+    args.extend(topics);
+    redis.command(&args)
+}
+
+/// Reads items up to the event with id `sentinel`; asserts that nothing forged is among them.
+async fn read_unforged_until(c: &mut SseClient, sentinel: &str, what: &str) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    loop {
+        let item = c.next_item(T).await.unwrap_or_else(|| panic!("{what}: no item within {T:?}"));
+        match item {
+            SseItem::Event(e) => {
+                assert!(e.id.is_some(), "{what}: an event without its own id: line: {e:?}");
+                assert!(!e.data.contains("forged") && e.last_event_id != "999-0", "{what}: forged event {e:?}");
+                let done = e.id() == sentinel;
+                events.push(e);
+                if done {
+                    return events;
+                }
+            }
+            SseItem::Retry(ms) => assert_eq!(ms, 3000, "{what}: a forged retry: field"),
+            SseItem::Comment(_) => {}
+            end @ SseItem::End { .. } => panic!("{what}: stream ended: {end:?}"),
+        }
+    }
+}
+
+/// Events written to Redis by another program through the documented publish script are held to the same
+/// rules as a publish over HTTP: a type with a line break (which would forge `retry:` and `id:` fields and a
+/// second event), a `herald.` type or a bad topic is dropped, live and on replay, and counted.
+#[tokio::test]
+async fn invalid_events_written_to_redis_are_dropped_and_counted() {
+    let redis = RedisServer::start();
+    let server = node(&redis, &[]);
+    let addr = server.addr();
+    let mut live = SseClient::subscribe(addr, &["f"]).await;
+    let before = publish(addr, &["f"], None, "before").await;
+    let forged_type = "t\nretry: 1\nid: 999-0\n\ndata: forged";
+    eval_publish(&redis, &["f"], forged_type, "d");
+    eval_publish(&redis, &["f"], "herald.reset", "{\"topics\":[\"f\"],\"reason\":\"forged\"}");
+    eval_publish(&redis, &["f", "bad topic\r\nid: 999-0"], "t", "forged");
+    let fine = eval_publish(&redis, &["f"], "t.ok", "fine\nlines");
+    let fine = fine.lines().nth(1).expect("a bulk reply: the id").to_string();
+    let sentinel = publish(addr, &["f"], None, "sentinel").await;
+
+    for (what, c) in [
+        ("live", &mut live),
+        ("replay", &mut SseClient::open(addr, "/events?topics=f", &[("Last-Event-ID", &before)]).await),
+    ] {
+        let events = read_unforged_until(c, &sentinel, what).await;
+        let events = events.iter().filter(|e| e.id() != before);
+        let got: Vec<(&str, Option<&str>, &str)> =
+            events.map(|e| (e.id(), e.event.as_deref(), e.data.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![(fine.as_str(), Some("t.ok"), "fine\nlines"), (sentinel.as_str(), None, "sentinel")],
+            "{what}"
+        );
+    }
+    let counted = metrics(addr).await["herald_backend_invalid_events_total"];
+    assert!(counted >= 6.0, "3 invalid events, live and on replay: counted {counted}");
+}
+
 fn tls_fixture(name: &str) -> String {
     format!("{}/tests/fixtures/redis-tls/{name}", env!("CARGO_MANIFEST_DIR"))
 }

@@ -229,6 +229,53 @@ async fn future_id_resets() {
     assert!(before_live.is_empty() || before_live == a, "after reset got {before_live:?}");
 }
 
+/// Extreme but well-formed ids, and ids at and past the 64-byte limit, are never an HTTP error: each opens a
+/// stream, with `herald.reset` for the reason API.md gives, then what is retained, then live.
+#[tokio::test]
+async fn extreme_ids_open_a_stream_with_the_right_reset() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let max = u64::MAX;
+    let now = id_key(&publish(addr, &["other"], None, "now").await).0;
+    type Make = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(Make, Option<&str>)> = vec![
+        (Box::new(move |_| format!("{max}-{max}")), Some("unknown_id")),
+        (Box::new(move |_| format!("{max}-0")), Some("unknown_id")),
+        (Box::new(move |_| format!("{}-{max}", now + 1_000_000)), Some("unknown_id")),
+        (Box::new(move |_| format!("0-{max}")), Some("history_lost")),
+        (Box::new(move |_| format!("{}-{max}", now - 1_000_000)), Some("history_lost")),
+        // The first retained id padded with zeros to 64 bytes is that id; one more byte is not an id.
+        (Box::new(|first| pad(first, 64)), None),
+        (Box::new(|first| pad(first, 65)), Some("malformed_id")),
+        (Box::new(move |_| format!("{}-0", "9".repeat(62))), Some("malformed_id")),
+    ];
+    for (i, (last, reason)) in cases.into_iter().enumerate() {
+        let topic = format!("extreme/{i}");
+        let a = publish_n(addr, &topic, 2).await;
+        let last = last(&a[0]);
+        let mut c = SseClient::connect(addr, &events_path(&[&topic], ""), &[("Last-Event-ID", &last)]).await;
+        assert_eq!(c.status, 200, "Last-Event-ID {last:?} answered {}", c.status);
+        let mut first = c.next_event(T).await;
+        if let Some(reason) = reason {
+            let (topics, got) = reset_payload(&first);
+            assert_eq!((topics, got.as_str()), (vec![topic.clone()], reason), "Last-Event-ID {last:?}");
+            first = c.next_event(T).await;
+            assert_eq!(first.id(), a[0], "Last-Event-ID {last:?}: everything retained follows the reset");
+            first = c.next_event(T).await;
+        }
+        assert_eq!(first.id(), a[1], "Last-Event-ID {last:?}");
+        let live = publish(addr, &[&topic], None, "live").await;
+        assert_eq!(c.next_event(T).await.id(), live, "Last-Event-ID {last:?}: then live");
+    }
+}
+
+/// `id` with its sequence number padded with leading zeros to `len` bytes.
+fn pad(id: &str, len: usize) -> String {
+    let (ms, seq) = id_key(id);
+    let width = len - ms.to_string().len() - 1;
+    format!("{ms}-{seq:0>width$}")
+}
+
 #[tokio::test]
 async fn restart_loses_history_and_resets() {
     let old_id = {
@@ -414,6 +461,147 @@ async fn resume_race_no_gap_no_duplicate() {
     }
 }
 
+/// Resuming over a long history of many topics, many clients at once: each gets every retained event once
+/// (an event on several of its topics included), in id order, then live events; none is refused; publishes
+/// keep answering meanwhile. (With Redis the history is read in pages, off the publish connection, a few
+/// reads at a time: one read of it all per client used to time out into 503s and stall publishes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_resume_over_a_long_history_of_many_topics() {
+    const TOPICS: usize = 64;
+    const EVENTS: usize = 3000;
+    const CLIENTS: usize = 16;
+    let server = TestServer::start(&[]);
+    let addr = server.addr();
+    let topics: Vec<String> = (0..TOPICS).map(|i| format!("long/{i}")).collect();
+    let data = "x".repeat(1000);
+    // Each event on 4 of the topics (each topic keeps all of its ~190 events).
+    let mut fillers = Vec::new();
+    for k in 0..4 {
+        let (topics, data) = (topics.clone(), data.clone());
+        fillers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in (k..EVENTS).step_by(4) {
+                let on: Vec<&str> = (0..4).map(|j| topics[(i * 7 + j * 16) % TOPICS].as_str()).collect();
+                ids.push(publish(addr, &on, None, &format!("{i} {data}")).await);
+            }
+            ids
+        }));
+    }
+    let mut published = Vec::new();
+    for f in fillers {
+        published.extend(f.await.expect("filler"));
+    }
+    published.sort_by_key(|id| id_key(id));
+    let (first, expected) = (published[0].clone(), published[1..].to_vec());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                answers.push(try_publish(addr, &["long/other"], "meanwhile").await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    let path = events_path(&topics.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let (path, first, expected) = (path.clone(), first.clone(), expected.clone());
+            tokio::spawn(async move {
+                let mut c = SseClient::try_connect(addr, &path, &[("Last-Event-ID", &first)], None)
+                    .await
+                    .unwrap_or_else(|e| panic!("client {n}: {e}"));
+                if c.status != 200 {
+                    panic!("client {n}: {:?}", c.into_response_lenient().await.map(|r| r.text()));
+                }
+                let mut got = Vec::with_capacity(expected.len());
+                while got.len() < expected.len() {
+                    match c.try_next_event(Duration::from_secs(30)).await {
+                        Ok(Some(e)) => got.push(e.id().to_string()),
+                        other => panic!("client {n}: {other:?} after {} events", got.len()),
+                    }
+                }
+                assert!(got == expected, "client {n}: the replay is not every event once in id order");
+                c
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for c in clients {
+        open.push(c.await.expect("client"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers = publisher.await.expect("publisher");
+    let refused: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(refused.is_empty(), "publishes refused during the resumes: {refused:?}");
+    let live = publish(addr, &[&topics[5]], None, "live").await;
+    for c in &mut open {
+        assert_eq!(c.next_event(T).await.id(), live);
+    }
+}
+
+/// A client that stops reading in the middle of a long replay while the history it has not read yet is
+/// trimmed away: whatever it then receives has no silent gap. Either it gets every event, or its stream ends
+/// and resuming with its last id starts with `herald.reset` (`trimmed`) before the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_overtaken_by_trimming_is_never_a_silent_gap() {
+    const HISTORY: usize = 1000;
+    let server = TestServer::start(&["--history-size", "1000"]);
+    let addr = server.addr();
+    let data = "y".repeat(8 * 1024);
+    let mut published = Vec::new();
+    for i in 0..HISTORY {
+        published.push(publish(addr, &["o"], None, &format!("{i} {data}")).await);
+    }
+    // Resumes from the oldest event, and does not read: the replay stops when the socket buffers are full.
+    let mut c = SseClient::try_connect(addr, "/events?topics=o", &[("Last-Event-ID", &published[0])], Some(4096))
+        .await
+        .expect("connect");
+    assert_eq!(c.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A whole history's worth of new events trims every event the client has not read.
+    for i in HISTORY..2 * HISTORY {
+        published.push(publish(addr, &["o"], None, &format!("{i} {data}")).await);
+    }
+    let newest = published.last().cloned().expect("published");
+    let mut received: Vec<String> = vec![published[0].clone()];
+    let mut reset_before = Vec::new(); // positions in `received` where a reset came
+    let mut resumes = 0;
+    while received.last() != Some(&newest) {
+        match c.try_next_event(Duration::from_secs(20)).await {
+            Ok(Some(e)) if e.event.as_deref() == Some("herald.reset") => {
+                assert_eq!(reset_payload(&e), (vec!["o".to_string()], "trimmed".to_string()));
+                reset_before.push(received.len());
+            }
+            Ok(Some(e)) => received.push(e.id().to_string()),
+            Ok(None) => panic!("no event within 20 s after {} events", received.len()),
+            Err(_end) => {
+                resumes += 1;
+                assert!(resumes <= 5, "resumed {resumes} times");
+                let last = received.last().cloned().expect("an id");
+                c = SseClient::open(addr, "/events?topics=o", &[("Last-Event-ID", &last)]).await;
+            }
+        }
+    }
+    assert_strictly_increasing(&received);
+    let position: std::collections::HashMap<&String, usize> =
+        published.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    for (i, pair) in received.windows(2).enumerate() {
+        let (a, b) = (position[&pair[0]], position[&pair[1]]);
+        if b != a + 1 {
+            assert!(reset_before.contains(&(i + 1)), "events {}..{b} missing without a reset", a + 1);
+        }
+    }
+    eprintln!(
+        "received {} of {} events, {resumes} resumes, resets at {reset_before:?}",
+        received.len(),
+        published.len()
+    );
+}
+
 /// Memory backend, `--max-history-bytes`: the node's oldest events are evicted to stay within the bound
 /// (whatever each topic's own limit), a client that missed evicted events gets `herald.reset`, and one that
 /// had seen them resumes without one.
@@ -500,7 +688,10 @@ mod on_redis {
         history_ttl_expires_events_and_resets,
         malformed_ids_reset_all_topics,
         future_id_resets,
+        extreme_ids_open_a_stream_with_the_right_reset,
         resume_race_no_gap_no_duplicate,
         resuming_from_the_live_position_misses_nothing,
+        many_clients_resume_over_a_long_history_of_many_topics,
+        replay_overtaken_by_trimming_is_never_a_silent_gap,
     );
 }

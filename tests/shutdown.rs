@@ -114,6 +114,16 @@ async fn start_partial_publish(addr: std::net::SocketAddr) -> (HttpConn, Vec<u8>
     (conn, body[100..].to_vec())
 }
 
+/// Waits until the server has taken the signal (a request sent right after `kill` may still be served as
+/// one that came before it): `/readyz` no longer answers 200.
+async fn wait_until_draining(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + T;
+    while try_http(addr, "GET", "/readyz", &[], b"").await.is_ok_and(|r| r.status == 200) {
+        assert!(Instant::now() < deadline, "/readyz still 200 {T:?} after the signal");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// After SIGTERM, nothing new is served: a connection is refused or closed, or gets 503
 /// (`shutting_down` for a subscription). An in-flight publish keeps the process up meanwhile,
 /// and then completes.
@@ -126,6 +136,7 @@ async fn after_sigterm_new_work_is_refused_and_in_flight_publish_finishes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.sigterm();
     let signalled = Instant::now();
+    wait_until_draining(addr).await;
     let mut probes = 0;
     let mut answered_503 = 0;
     while signalled.elapsed() < Duration::from_millis(700) && server.try_exit_status().is_none() {
@@ -161,6 +172,51 @@ async fn after_sigterm_new_work_is_refused_and_in_flight_publish_finishes() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// After SIGTERM, while the node drains (here it waits for a stream whose client does not read), the
+/// listener still accepts, and new requests see the promised answers: `/readyz`, `GET /events` and
+/// `POST /publish` all 503 with the JSON error `shutting_down`, `Retry-After` and `Connection: close`.
+/// The process still exits 0 within `--shutdown-grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_new_requests_get_503_json() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let mut server = TestServer::start(&["--shutdown-grace", "3"]);
+    let addr = server.addr();
+    // A stream whose client stops reading: its last bytes cannot be written, so the node stays draining.
+    let stalled = SseClient::try_connect(addr, "/events?topics=stall", &[], Some(4096)).await.expect("connect");
+    assert_eq!(stalled.status, 200);
+    let data = "z".repeat(16 * 1024);
+    for _ in 0..400 {
+        publish(addr, &["stall"], None, &data).await;
+    }
+    server.sigterm();
+    let signalled = Instant::now();
+    wait_until_draining(addr).await;
+    let body = serde_json::json!({"topic": "t", "data": "after SIGTERM"}).to_string();
+    for (method, path, body) in
+        [("GET", "/readyz", &b""[..]), ("GET", "/events?topics=t", b""), ("POST", "/publish", body.as_bytes())]
+    {
+        let resp = try_http(addr, method, path, &[("Content-Type", "application/json")], body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} while draining: {e}"));
+        assert_error(&resp, 503, Some("shutting_down"));
+        assert!(resp.header("retry-after").is_some(), "{method} {path}: no Retry-After");
+        assert_eq!(resp.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("close"), "{method} {path}");
+    }
+    // A keep-alive connection opened while draining is answered once, then closed.
+    let mut conn = HttpConn::connect(addr).await.expect("connect while draining");
+    conn.send_request("GET", "/healthz", &[], b"").await.expect("send");
+    let (status, headers) = tokio::time::timeout(T, conn.read_head("GET")).await.expect("answer").expect("head");
+    assert_eq!(status, 200);
+    assert_eq!(find_header(&headers, "connection").map(str::to_ascii_lowercase).as_deref(), Some("close"));
+    assert!(server.try_exit_status().is_none(), "exited before the stalled stream was given up");
+    let status =
+        tokio::task::spawn_blocking(move || server.wait_exit(GRACE + Duration::from_secs(5))).await.expect("wait");
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < GRACE + Duration::from_secs(2), "exit took {took:?} with --shutdown-grace 3");
+    drop(stalled);
+}
+
 /// The same tests against Redis.
 mod on_redis {
     super::support::on_redis!(
@@ -168,5 +224,6 @@ mod on_redis {
         sigint_behaves_like_sigterm,
         idle_server_exits_zero_on_sigterm,
         after_sigterm_new_work_is_refused_and_in_flight_publish_finishes,
+        while_draining_new_requests_get_503_json,
     );
 }

@@ -3,9 +3,11 @@
 //! The HTTP layer sees only the [`Backend`] trait. `memory` keeps everything in this process; `redis`
 //! shares topics, ids and history between nodes. Both feed the node's [`Hub`].
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::Stream;
 
 use crate::error::Error;
 use crate::hub::{Hub, Registration};
@@ -61,6 +63,47 @@ pub struct Replay {
     pub reset: Option<Reset>,
 }
 
+/// Pages of history, read as a stream is written: each page in id order, after the previous one. An error
+/// ends the replay (the stream then ends, and the client resumes with its last id).
+pub type PageStream = Pin<Box<dyn Stream<Item = Result<Vec<Arc<Event>>, Error>> + Send>>;
+
+/// The events a resuming stream replays: those already read, then, from a backend that reads history in
+/// pages, the pages still to come.
+pub struct History {
+    /// Events already read, in id order, each once.
+    pub first: Vec<Arc<Event>>,
+    /// Further events, after `first`, read page by page as the client takes them.
+    pub more: Option<PageStream>,
+}
+
+impl History {
+    /// Nothing to replay.
+    pub fn empty() -> Self {
+        History { first: Vec::new(), more: None }
+    }
+}
+
+impl From<Vec<Arc<Event>>> for History {
+    fn from(first: Vec<Arc<Event>>) -> Self {
+        History { first, more: None }
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").field("first", &self.first.len()).field("more", &self.more.is_some()).finish()
+    }
+}
+
+/// What a backend found for a client opening a stream with a last event id.
+#[derive(Debug)]
+pub struct Resume {
+    /// Set when the history cannot cover the gap for some topics.
+    pub reset: Option<Reset>,
+    /// The retained events newer than the last id (after the reset, all retained events).
+    pub history: History,
+}
+
 /// The topics whose history is incomplete, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reset {
@@ -99,6 +142,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`Error::BackendUnavailable`] when the history cannot be read.
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error>;
+
+    /// Like [`Backend::replay`], for a stream that is opening: the reset is decided now, the events may
+    /// come in pages read as the stream is written (so that a resume over a long history holds only a page
+    /// or so in memory). By default everything [`Backend::replay`] finds, at once.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when the history cannot be read.
+    async fn resume(&self, topics: &[Topic], last: LastEventId) -> Result<Resume, Error> {
+        let Replay { events, reset } = self.replay(topics, last).await?;
+        Ok(Resume { reset, history: History::from(events) })
+    }
 
     /// Whether the backend can serve now.
     async fn ready(&self) -> bool;

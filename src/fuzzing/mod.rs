@@ -317,8 +317,8 @@ fn json_body(body: &[u8], parsed: Result<crate::backend::NewEvent, Error>) {
     }
 }
 
-/// JSON text with every exponent (an `e` or `E` after a digit, outside strings) written as `serde_json::Value` prints it (`1E5` is
-/// `1e+5`).
+/// JSON text with every exponent (an `e` or `E` after a digit, outside strings) written as
+/// `serde_json::Value` prints it (`1E5` is `1e+5`).
 fn exponents_as_value_prints_them(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
@@ -429,25 +429,47 @@ fn text(bytes: &[u8]) -> &str {
 /// and serves a body-less `GET /events` itself, leaving anything else to hyper.
 ///
 /// Checks: never a panic; a head taken as `GET /events` is one httparse reads completely (with room for
-/// any number of header fields) as `GET` of the same path and query (a fragment dropped), in the same HTTP version, with the same
-/// header fields, none of them announcing a body or an upgrade; every shorter prefix of that head is
-/// "partial" (however the head is split into reads, it is taken the same way); a head called partial is
-/// partial for httparse too.
+/// any number of header fields) as `GET` of the same path and query (a fragment dropped), in the same
+/// HTTP version, with the same header fields, none of them announcing a body or an upgrade; every shorter
+/// prefix of that head is "partial" (however the head is split into reads, it is taken the same way); a
+/// head called partial is partial for httparse too; a head left to hyper is a complete HTTP/1 head or
+/// HTTP/2; a head refused is malformed for httparse too, or has more than 100 header fields.
 ///
 /// # Panics
 /// When a check fails.
 pub fn request_head(input: &[u8]) {
-    use crate::server::front::{parse_head, Parsed};
+    use crate::server::front::{parse_head, too_large, Parsed};
+    // A head that fills the buffer: 414 when the request line alone did not fit, else 431.
+    let uri_too_long = matches!(too_large(input), Error::UriTooLong);
+    assert_eq!(uri_too_long, memchr::memchr(b'\n', input).is_none());
     let mut fields = vec![httparse::EMPTY_HEADER; 1024];
     let mut reference = httparse::Request::new(&mut fields);
     let status = reference.parse(input);
+    let h2 = input.starts_with(b"PRI * HTTP/2.0");
     let request = match parse_head(input) {
         Parsed::Events(request) => request,
         Parsed::Partial => {
             assert!(matches!(status, Ok(httparse::Status::Partial)), "partial, but httparse says {status:?}");
             return;
         }
-        Parsed::Other => return,
+        // Left to hyper: a complete HTTP/1 head (not a body-less `GET /events`), or HTTP/2.
+        Parsed::Other => {
+            assert!(h2 || matches!(status, Ok(httparse::Status::Complete(_))), "left to hyper: {status:?}");
+            return;
+        }
+        // Refused with a JSON error: not HTTP/1 (nor HTTP/2), or more header fields than hyper takes.
+        Parsed::Bad(error) => {
+            assert!(!h2, "the start of HTTP/2 refused");
+            match error {
+                Error::MalformedHead => assert!(status.is_err(), "refused as malformed, but httparse says {status:?}"),
+                Error::HeadTooLarge => {
+                    let lines = memchr::memchr_iter(b'\n', input).count();
+                    assert!(lines > 100, "refused for too many header fields, with {lines} lines");
+                }
+                other => panic!("a head refused with {other:?}"),
+            }
+            return;
+        }
     };
     let Ok(httparse::Status::Complete(head_len)) = status else {
         panic!("taken as GET /events, but httparse says {status:?}");

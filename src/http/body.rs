@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{Backend, Replay, Reset};
+use crate::backend::{Backend, History, PageStream, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Drained, Registration};
 use crate::id::{EventId, LastEventId};
@@ -115,6 +115,8 @@ enum Phase {
     /// Replayed events still to write, newest first: they are taken from the end. (A `Vec` rather than
     /// an iterator keeps this enum, and so every stream, 16 bytes smaller.)
     Replay(Vec<Arc<Event>>),
+    /// A resume whose history comes in pages: the page being written, then the pages still to read.
+    Paged(Box<(std::vec::IntoIter<Arc<Event>>, PageStream)>),
     /// Live events from the mailbox.
     Live,
     /// The mailbox overflowed; history is being read from the last id sent.
@@ -127,6 +129,7 @@ impl std::fmt::Debug for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Phase::Replay(_) => "Replay",
+            Phase::Paged(_) => "Paged",
             Phase::Live => "Live",
             Phase::CatchUp(_) => "CatchUp",
             Phase::Done => "Done",
@@ -144,8 +147,6 @@ pub struct StreamSettings {
     pub metrics: Arc<Metrics>,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
-    /// Time the writer may wait for the client to accept bytes before closing the stream.
-    pub send_timeout: Duration,
 }
 
 /// How much later than the heartbeat interval this stream's heartbeat timer fires: 0 to 10% of the
@@ -185,8 +186,9 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order)
-    /// follows, then live events newer than both `last_sent` and the replay.
+    /// Makes the stream of a subscribed connection. `head` is written first; `replay` (in id order, read
+    /// page by page as the client takes it) follows, then live events newer than both `last_sent` and the
+    /// replay.
     ///
     /// `last_sent` is the position the client already has (its valid last event id), or `ZERO` when it
     /// has none (a lagging stream that has sent no id catches up from where its subscription went live).
@@ -195,17 +197,24 @@ impl EventStream {
         registration: Registration,
         permit: StreamPermit,
         head: Bytes,
-        mut replay: Vec<Arc<Event>>,
+        replay: History,
         last_sent: EventId,
     ) -> Self {
         let now = Instant::now();
-        replay.reverse();
+        let phase = match replay.more {
+            None => {
+                let mut first = replay.first;
+                first.reverse();
+                Phase::Replay(first)
+            }
+            Some(pages) => Phase::Paged(Box::new((replay.first.into_iter(), pages))),
+        };
         EventStream {
             heartbeat: Box::pin(tokio::time::sleep_until(idle_deadline(now, &registration, &settings))),
             settings,
             registration,
             head: Some(head),
-            phase: Phase::Replay(replay),
+            phase,
             last_sent,
             last_activity: now,
             ends_at: None,
@@ -247,16 +256,6 @@ impl EventStream {
         self.ends_at.is_some_and(|end| Instant::now() >= end)
     }
 
-    /// How long the writer may wait for the client to accept bytes before it closes the stream.
-    pub fn send_timeout(&self) -> Duration {
-        self.settings.send_timeout
-    }
-
-    /// Counts a stream closed because its client accepted nothing for the send timeout.
-    pub fn note_stalled(&self) {
-        Metrics::inc(&self.settings.metrics.stalled_dropped);
-    }
-
     /// The next bytes to write.
     ///
     /// A connection whose mailbox overflowed catches up from history: from the last id it sent, or, when it
@@ -287,6 +286,24 @@ impl EventStream {
                     self.batch.extend(events.drain(rest..).rev());
                     if self.batch.is_empty() {
                         self.phase = Phase::Live;
+                        continue;
+                    }
+                    if let Some(chunk) = self.encode_batch() {
+                        return Poll::Ready(Some(chunk));
+                    }
+                }
+                Phase::Paged(paged) => {
+                    let (page, pages) = &mut **paged;
+                    self.batch.extend(page.by_ref().take(MAX_BATCH_EVENTS));
+                    if self.batch.is_empty() {
+                        match pages.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(Ok(next))) => *page = next.into_iter(),
+                            Poll::Ready(None) => self.phase = Phase::Live,
+                            // The rest of the history cannot be read as it was (see the backend's log and
+                            // counters): end the stream, so that the client resumes with its last id.
+                            Poll::Ready(Some(Err(_))) => self.phase = Phase::Done,
+                            Poll::Pending => return self.poll_heartbeat(cx),
+                        }
                         continue;
                     }
                     if let Some(chunk) = self.encode_batch() {
@@ -491,7 +508,6 @@ mod tests {
             backend: backend.clone(),
             metrics: metrics.clone(),
             heartbeat: Duration::from_secs(15),
-            send_timeout: Duration::from_secs(60),
         });
         Node { backend, settings, metrics }
     }
@@ -507,7 +523,7 @@ mod tests {
             let permit = StreamPermit::acquire(&self.metrics, 100).expect("permit");
             let head = sse::preamble(1000);
             let mut stream =
-                EventStream::new(self.settings.clone(), registration, permit, head, Vec::new(), EventId::ZERO);
+                EventStream::new(self.settings.clone(), registration, permit, head, History::empty(), EventId::ZERO);
             if tagged {
                 stream.tag_topics();
             }
@@ -641,12 +657,7 @@ mod tests {
     fn heartbeats_of_connections_opened_together_are_spread() {
         let metrics = Arc::new(Metrics::default());
         let backend = Arc::new(MemoryBackend::new(HistoryLimits { size: 1, ttl: None }, 4, metrics.clone()));
-        let settings = StreamSettings {
-            backend: backend.clone(),
-            metrics,
-            heartbeat: Duration::from_secs(15),
-            send_timeout: Duration::from_secs(60),
-        };
+        let settings = StreamSettings { backend: backend.clone(), metrics, heartbeat: Duration::from_secs(15) };
         let mut tenths = [0usize; 10];
         for _ in 0..1000 {
             let (registration, _) = backend.hub().register(&["t".into()]).expect("register");

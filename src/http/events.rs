@@ -7,6 +7,7 @@ use super::body::{EventStream, StreamPermit};
 use super::form;
 use super::{require_method, AppState, ResponseBody};
 use crate::auth::SubscribeGrant;
+use crate::backend::History;
 use crate::error::Error;
 use crate::id::{EventId, LastEventId};
 use crate::metrics::Metrics;
@@ -79,11 +80,12 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         sse::preamble(state.limits.retry_ms)
     };
     let mut head = BytesMut::from(&preamble[..]);
-    let mut replay = Vec::new();
+    let mut replay = History::empty();
     let mut last_sent = EventId::ZERO;
     if let Some(last) = query.last_event_id {
         Metrics::inc(&state.metrics.replays);
-        let found = state.backend.replay(&query.topics, last).await?;
+        // The reset is decided now; the events follow as the stream is written (in pages, with Redis).
+        let found = state.backend.resume(&query.topics, last).await?;
         if let Some(reset) = &found.reset {
             Metrics::inc(&state.metrics.resets);
             head.extend_from_slice(&sse::reset_event(&reset.topics, reset.reason));
@@ -91,9 +93,9 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         if let (LastEventId::Id(id), None) = (last, &found.reset) {
             last_sent = id;
         }
-        replay = found.events;
+        replay = found.history;
     }
-    tracing::debug!(topics = ?query.topics, replayed = replay.len(), tagged = query.tag_topics, "stream opened");
+    tracing::debug!(topics = ?query.topics, tagged = query.tag_topics, "stream opened");
     let settings = state.stream_settings.clone();
     let mut stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
     if query.tag_topics {

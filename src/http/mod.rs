@@ -47,7 +47,8 @@ pub struct Limits {
     pub heartbeat: Duration,
     /// The `retry:` hint, in milliseconds.
     pub retry_ms: u64,
-    /// Time a stream may wait for its client to accept bytes before it is closed.
+    /// Time a connection's write may wait for its client to accept bytes before the connection is closed
+    /// (applied to every connection's I/O by the server: `server::deadline`).
     pub send_timeout: Duration,
     /// Time a publisher has to send its request body.
     pub request_timeout: Duration,
@@ -78,7 +79,6 @@ impl AppState {
             backend: backend.clone(),
             metrics: metrics.clone(),
             heartbeat: limits.heartbeat,
-            send_timeout: limits.send_timeout,
         });
         AppState {
             backend,
@@ -132,6 +132,8 @@ impl App {
     async fn route<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ResponseBody>, Error> {
         match req.uri().path() {
             "/events" => events::subscribe(&state, req).await,
+            // A publish that arrives while the node drains is refused; those already in flight finish.
+            "/publish" if state.is_draining() => Err(Error::ShuttingDown),
             "/publish" => publish::publish(&state, req).await,
             "/healthz" => ops::healthz(&req),
             "/readyz" => ops::readyz(&state, req.method()).await,

@@ -19,14 +19,15 @@ pub(super) fn healthz<B>(req: &Request<B>) -> Result<Response<ResponseBody>, Err
     Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"))
 }
 
-/// `GET /readyz`: 200 when the backend is reachable and the node is not draining.
+/// `GET /readyz`: 200 when the backend is reachable and the node is not draining; else 503 with the JSON
+/// error `shutting_down` or `backend_unavailable`.
 pub(super) async fn readyz(state: &AppState, method: &Method) -> Result<Response<ResponseBody>, Error> {
     require_method(method, GET_HEAD, "GET, HEAD")?;
     if state.is_draining() {
-        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "draining\n"));
+        return Err(Error::ShuttingDown);
     }
     if !state.backend.ready().await {
-        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "backend unavailable\n"));
+        return Err(Error::NotReady);
     }
     Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"))
 }

@@ -8,9 +8,12 @@
 //! CORS and errors stay in one place); the front then writes the response head itself and pumps the
 //! body's pre-encoded frames straight to the socket as HTTP/1.1 chunks (or close-delimited for HTTP/1.0).
 //! Any other request goes to hyper, which first re-reads the bytes already taken (see [`super::rewind`]).
+//! A head that cannot be served (not HTTP/1, over 64 KiB, over 100 header fields) is answered here with
+//! Herald's JSON error and the connection closed; hyper's own answers to later heads are made JSON by
+//! [`super::json_errors`].
 //!
 //! While waiting for events the front also watches the socket for the peer closing, so a departed client
-//! is unsubscribed at once.
+//! is unsubscribed at once. Its writes, like hyper's, go through [`super::deadline`] for `--send-timeout`.
 
 use std::io;
 use std::pin::Pin;
@@ -25,14 +28,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
+use super::deadline::WriteDeadline;
+use crate::error::Error;
 use crate::http::ResponseBody;
 
 /// First allocation for a request head; browsers' heads are usually smaller.
 const INITIAL_HEAD_BUFFER: usize = 1024;
-/// Heads larger than this are left to hyper, which answers them as it sees fit.
-const MAX_HEAD: usize = 16 * 1024;
-/// Headers parsed by the front; a request with more goes to hyper.
-const MAX_HEADERS: usize = 64;
+/// The largest request head: a longer one is answered 414 (`uri_too_long`) when the request line alone
+/// does not fit, else 431. hyper, which serves later requests of a connection, has the same buffer limit.
+const MAX_HEAD: usize = super::MAX_CONNECTION_BUFFER;
+/// Header fields in one request head, as hyper's default; more is answered 431.
+const MAX_HEADERS: usize = 100;
+/// How an HTTP/2 connection with prior knowledge starts: not HTTP/1, not for the front to refuse.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 /// Reads of unexpected client bytes per wake-up while streaming; bounds the work a chatty client causes.
 const MAX_DISCARD_READS: usize = 16;
 
@@ -43,6 +51,8 @@ pub(crate) enum Sniffed {
     Events(Request<Empty<Bytes>>),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),
+    /// A head that cannot be served (malformed, or too large): answered with this error and closed.
+    Refused(Error),
     /// The peer closed, failed or timed out before sending a complete head.
     Gone,
 }
@@ -51,6 +61,7 @@ pub(crate) enum Sniffed {
 pub(crate) enum Parsed {
     Events(Request<Empty<Bytes>>),
     Other,
+    Bad(Error),
     Partial,
 }
 
@@ -69,20 +80,34 @@ pub(crate) async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Snif
         match parse_head(&buf) {
             Parsed::Events(request) => return Sniffed::Events(request),
             Parsed::Other => return Sniffed::Other(buf.freeze()),
-            Parsed::Partial if buf.len() >= MAX_HEAD => return Sniffed::Other(buf.freeze()),
-            Parsed::Partial => buf.reserve(buf.len()),
+            Parsed::Bad(error) => return Sniffed::Refused(error),
+            Parsed::Partial if buf.len() >= MAX_HEAD => return Sniffed::Refused(too_large(&buf)),
+            Parsed::Partial => buf.reserve(buf.len().min(MAX_HEAD)),
         }
     }
 }
 
-/// Parses a head; only a body-less `GET /events` becomes a request.
+/// Why a head that did not fit in [`MAX_HEAD`] is refused: its request line alone did not fit (414), or
+/// its header fields did not (431).
+pub(crate) fn too_large(buf: &[u8]) -> Error {
+    if memchr::memchr(b'\n', buf).is_none() {
+        Error::UriTooLong
+    } else {
+        Error::HeadTooLarge
+    }
+}
+
+/// Parses a head; only a body-less `GET /events` becomes a request. A head that is not HTTP/1 is refused
+/// (400, or 431 with too many header fields), except the start of HTTP/2 with prior knowledge.
 pub(crate) fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        Err(_) if buf.starts_with(H2_PREFACE_START) => return Parsed::Other,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(Error::HeadTooLarge),
+        Err(_) => return Parsed::Bad(Error::MalformedHead),
     }
     let (Some("GET"), Some(path), Some(version)) = (head.method, head.path, head.version) else {
         return Parsed::Other;
@@ -119,6 +144,58 @@ pub(crate) struct Ready {
     chunked: bool,
 }
 
+impl Ready {
+    /// Whether the response is an event stream (rather than an error).
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self.body, ResponseBody::Stream(_))
+    }
+
+    /// The JSON answer to a request refused before it reached the service (see [`Sniffed::Refused`]).
+    fn refusal(error: Error) -> Self {
+        let (parts, body) = error.into_response().into_parts();
+        let length = match &body {
+            ResponseBody::Full(bytes) => bytes.as_ref().map_or(0, Bytes::len),
+            ResponseBody::Stream(_) | ResponseBody::File(_) => 0,
+        };
+        Ready { head: Bytes::from(encode_head(&parts, Framing::Length(length))), body, chunked: false }
+    }
+}
+
+/// How long a refused connection is read from (and what it sends dropped) after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+/// What a refused connection may send meanwhile before it is closed anyway.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Answers a head refused before it reached the service, then closes. The client may still be sending
+/// (the rest of an oversized head, a body): closing with unread bytes would reset the connection and could
+/// lose the answer, so what it sends is read and dropped first, for a moment ([`LINGER`]).
+pub(crate) async fn refuse(mut stream: WriteDeadline<TcpStream>, error: Error) {
+    if stream.write_all(&encode_error(error)).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut scratch = vec![0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// `error`'s complete response (`Connection: close`), as bytes.
+pub(crate) fn encode_error(error: Error) -> Bytes {
+    let Ready { head, body, .. } = Ready::refusal(error);
+    let mut bytes = BytesMut::from(&head[..]);
+    if let ResponseBody::Full(Some(body)) = body {
+        bytes.extend_from_slice(&body);
+    }
+    bytes.freeze()
+}
+
 /// Calls `service` with a `GET /events` request and encodes the response head. Short-lived: callers box
 /// it, so that the request, the service and the response's header map never size the connection's task.
 pub(crate) async fn respond<S>(request: Request<Empty<Bytes>>, service: S) -> Option<Ready>
@@ -150,19 +227,14 @@ where
 
 /// Writes a response from [`respond`] to the socket, then closes the connection. For an event stream
 /// this lasts as long as the stream: this future is the long-lived state of every SSE client, so it
-/// holds little more than the socket and the body.
-pub(crate) async fn stream(mut stream: TcpStream, ready: Ready) {
+/// holds little more than the socket and the body. The socket's writes carry the send timeout (see
+/// [`super::deadline`]), which also counts a stall.
+pub(crate) async fn stream(mut stream: WriteDeadline<TcpStream>, ready: Ready) {
     let Ready { head, mut body, chunked } = ready;
     match pump(&mut stream, head, &mut body, chunked).await {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-            tracing::debug!("closing a stream whose client accepts no bytes");
-            if let ResponseBody::Stream(events) = &body {
-                events.note_stalled();
-            }
-            // The client is not reading: a graceful shutdown would wait behind the unsent bytes.
-            return;
-        }
+        // The client is not reading: a graceful shutdown would wait behind the unsent bytes.
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return,
         Err(e) => tracing::debug!(cause = %e, "event stream ended with an error"),
     }
     let _ = stream.shutdown().await;
@@ -203,10 +275,26 @@ enum Next {
     PeerGone,
 }
 
+/// Writes `head`, then a file body as it is read.
+async fn write_file(stream: &mut WriteDeadline<TcpStream>, head: Bytes, body: &mut ResponseBody) -> io::Result<()> {
+    stream.write_all(&head).await?;
+    while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        if let Ok(data) = frame.into_data() {
+            stream.write_all(&data).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `head`, then the body's frames until it ends (shutdown, a lagging client closed) or the peer
 /// goes away. A complete body is written as it is; an event stream as chunks when `chunked`.
-async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chunked: bool) -> io::Result<()> {
-    let limit = match body {
+async fn pump(
+    stream: &mut WriteDeadline<TcpStream>,
+    head: Bytes,
+    body: &mut ResponseBody,
+    chunked: bool,
+) -> io::Result<()> {
+    match body {
         ResponseBody::Full(bytes) => {
             stream.write_all(&head).await?;
             return match bytes.take() {
@@ -214,24 +302,17 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
                 None => Ok(()),
             };
         }
-        ResponseBody::Stream(events) => events.send_timeout(),
         // Not a response of `/events`, which is all the front serves; written as it comes, for completeness.
-        ResponseBody::File(_) => {
-            stream.write_all(&head).await?;
-            while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-                if let Ok(data) = frame.into_data() {
-                    stream.write_all(&data).await?;
-                }
-            }
-            return Ok(());
-        }
-    };
-    write_within(stream, &head, limit).await?;
+        // Boxed, so that its state does not size the long-lived task of every stream.
+        ResponseBody::File(_) => return Box::pin(write_file(stream, head, body)).await,
+        ResponseBody::Stream(_) => {}
+    }
+    stream.write_all(&head).await?;
     drop(head);
     let events = body;
     loop {
         let next = std::future::poll_fn(|cx| {
-            if peer_gone(stream, cx) {
+            if peer_gone(stream.get_ref(), cx) {
                 return Poll::Ready(Next::PeerGone);
             }
             match Pin::new(&mut *events).poll_frame(cx) {
@@ -247,32 +328,11 @@ async fn pump(stream: &mut TcpStream, head: Bytes, body: &mut ResponseBody, chun
         .await;
         match next {
             // Already framed by the stream (see `EventStream::use_chunked_framing`): one buffer, one `send`.
-            Next::Chunk(data) => write_within(stream, &data, limit).await?,
-            Next::End if chunked => return write_within(stream, b"0\r\n\r\n", limit).await,
+            Next::Chunk(data) => stream.write_all(&data).await?,
+            Next::End if chunked => return stream.write_all(b"0\r\n\r\n").await,
             Next::End | Next::PeerGone => return Ok(()),
         }
     }
-}
-
-/// Writes all of `data`, failing with `TimedOut` when the client accepts none of it for `limit` (it has
-/// stopped reading and the socket's buffers are full). The usual case, a socket with room, is one `send`
-/// and no timer; the timer is boxed so that it never sizes the long-lived task.
-async fn write_within(stream: &mut TcpStream, data: &[u8], limit: Duration) -> io::Result<()> {
-    let mut written = match stream.try_write(data) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
-    };
-    while written < data.len() {
-        let progress = Box::pin(tokio::time::timeout(limit, stream.write(&data[written..])));
-        match progress.await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => written += n,
-            Ok(Err(e)) => return Err(e),
-            Err(_elapsed) => return Err(io::ErrorKind::TimedOut.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Whether the peer has closed its side (or the socket failed); discards anything it sends meanwhile
@@ -313,10 +373,27 @@ mod tests {
             b"GET /metrics HTTP/1.1\r\n\r\n",
             b"GET /eventsx HTTP/1.1\r\n\r\n",
             b"GET /events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-            b"\x16\x03\x01 garbage\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
             assert!(matches!(parse_head(other), Parsed::Other));
         }
         assert!(matches!(parse_head(b"GET /events HTTP/1.1\r\nHost"), Parsed::Partial));
+    }
+
+    #[test]
+    fn heads_that_are_not_http_1_are_refused() {
+        for bad in [&b"\x16\x03\x01 garbage\r\n\r\n"[..], b"GET /events HTTP/1.1\r\nBad Header\r\n\r\n", b"GET\r\n\r\n"]
+        {
+            assert!(matches!(parse_head(bad), Parsed::Bad(Error::MalformedHead)), "{bad:?}");
+        }
+        let many = format!("GET /events HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1));
+        assert!(matches!(parse_head(many.as_bytes()), Parsed::Bad(Error::HeadTooLarge)));
+        assert!(matches!(too_large(b"GET /aaaa"), Error::UriTooLong));
+        assert!(matches!(too_large(b"GET /a HTTP/1.1\r\nX: aaaa"), Error::HeadTooLarge));
+        let answer = encode_error(Error::UriTooLong);
+        let text = std::str::from_utf8(&answer).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n") && text.contains("content-type: application/json\r\n"));
+        assert!(text.ends_with(r#"{"error":{"code":"uri_too_long","message":"the request target (URI) is too long"}}"#));
     }
 }

@@ -1,14 +1,19 @@
 //! The accept loop, per-connection HTTP/1 serving, and graceful shutdown.
 //!
-//! Shutdown, in order: stop accepting; mark the node draining (`/readyz` 503, new streams 503) and close
-//! the hub, which ends every open event stream cleanly after what it has queued; ask every connection to
-//! finish its in-flight request and close; wait for them, at most `--shutdown-grace`.
+//! Shutdown, in order: mark the node draining (`/readyz`, new streams and new publishes 503 `shutting_down`)
+//! and close the hub, which ends every open event stream cleanly after what it has queued; ask every
+//! connection to finish its in-flight request and close; wait for them, at most `--shutdown-grace`. Meanwhile
+//! the listener keeps accepting, so that those 503s can be seen (each such connection is answered once, with
+//! `Connection: close`); it closes when the open connections are done or the grace is over.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod deadline;
 pub(crate) mod front;
+mod json_errors;
 mod rewind;
 
 use hyper::server::conn::http1;
@@ -17,14 +22,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use self::deadline::{Serving, WriteDeadline};
 use self::front::Sniffed;
+use self::json_errors::JsonErrors;
 use self::rewind::Rewind;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
-use crate::http::{App, AppState, Limits};
+use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
 /// hyper's per-connection buffer limit. Request heads and `/publish` bodies are streamed through it, so
@@ -142,63 +149,106 @@ pub async fn serve(
     let closing = CancellationToken::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER).header_read_timeout(Some(config.request_timeout));
-    let http = Arc::new(http);
+    let conns = Arc::new(Connections {
+        http,
+        request_timeout: config.request_timeout,
+        send_timeout: config.send_timeout,
+        metrics: state.metrics.clone(),
+    });
 
     tokio::pin!(shutdown);
+    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream| {
+        let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+        tracker.spawn(task);
+    };
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let task = serve_connection(
-                        http.clone(),
-                        stream,
-                        service.clone(),
-                        closing.clone(),
-                        tracker.clone(),
-                        config.request_timeout,
-                    );
-                    tracker.spawn(task);
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+                Ok((stream, _peer)) => spawn_on(&conns, &tracker, &closing, stream),
+                Err(e) => accept_failed(e).await,
             },
         }
     }
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining streams and in-flight requests");
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     state.begin_drain();
-    drop(listener);
     closing.cancel();
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "shutdown grace elapsed with connections still open");
+    // Until the open connections are done (or the grace is over), the listener keeps accepting, so that new
+    // requests see a 503 (`shutting_down`) rather than a refused connection: `/readyz` tells the load
+    // balancer, clients retry elsewhere. Those connections are answered once, with `Connection: close`.
+    let mut late_conns = Connections::clone(&conns);
+    late_conns.http.keep_alive(false);
+    let late_conns = Arc::new(late_conns);
+    let (late, late_closing) = (TaskTracker::new(), CancellationToken::new());
+    let drained = loop {
+        tokio::select! {
+            biased;
+            () = tracker.wait() => break true,
+            () = tokio::time::sleep_until(deadline) => break false,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => spawn_on(&late_conns, &late, &late_closing, stream),
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    };
+    drop(listener);
+    late_closing.cancel();
+    late.close();
+    // The answers being written on connections accepted meanwhile finish, within the grace.
+    if !drained || tokio::time::timeout_at(deadline, late.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len() + late.len(), "shutdown grace elapsed with connections still open");
     }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// After a failed `accept` (out of file descriptors, say): log, and pause before the next.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(cause = %e, "accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
 /// The service every request goes to: the app, with CORS when origins are configured.
 type Service = tower::util::Either<tower_http::cors::Cors<App>, App>;
+
+/// What every connection is served with.
+#[derive(Debug, Clone)]
+struct Connections {
+    /// hyper's HTTP/1 settings.
+    http: http1::Builder,
+    /// Time a client has to send a request head (`--request-timeout`).
+    request_timeout: Duration,
+    /// Time a write may wait for the client to accept bytes (`--send-timeout`): see [`deadline`].
+    send_timeout: Duration,
+    /// Node counters.
+    metrics: Arc<Metrics>,
+}
+
+impl Connections {
+    /// `io` with the send timeout on its writes.
+    fn deadline<T>(&self, io: T, serving: Serving) -> WriteDeadline<T> {
+        WriteDeadline::new(io, self.send_timeout, serving, self.metrics.clone())
+    }
+}
 
 /// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
 /// anything else by hyper.
 async fn serve_connection(
-    http: Arc<http1::Builder>,
+    conns: Arc<Connections>,
     mut stream: TcpStream,
     service: Service,
     closing: CancellationToken,
     tracker: TaskTracker,
-    head_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
     // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
     let sniffed = Box::pin(async {
         tokio::select! {
-            sniffed = front::read_head(&mut stream, head_timeout) => sniffed,
+            sniffed = front::read_head(&mut stream, conns.request_timeout) => sniffed,
             () = closing.cancelled() => Sniffed::Gone,
         }
     })
@@ -208,25 +258,41 @@ async fn serve_connection(
             // The stream continues in a task of its own whose future is only the small pump, not this
             // function's larger state.
             if let Some(ready) = front::respond(request, service).await {
-                tracker.spawn(front::stream(stream, ready));
+                let serving = if ready.is_stream() { Serving::EventStream } else { Serving::Response };
+                tracker.spawn(front::stream(conns.deadline(stream, serving), ready));
             }
             return;
         }
         Sniffed::Other(prefix) => prefix,
+        Sniffed::Refused(error) => {
+            return Box::pin(front::refuse(conns.deadline(stream, Serving::Response), error)).await;
+        }
         Sniffed::Gone => return,
     };
     // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
     // event streams included.
-    Box::pin(serve_with_hyper(http, Rewind::new(prefix, stream), service, closing)).await;
+    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), service, closing)).await;
 }
 
+/// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
+/// is an event stream marks the connection as streaming, so that a stall is counted as a stream's. The
+/// answers hyper gives by itself to heads it cannot parse are made JSON ([`json_errors`]).
 async fn serve_with_hyper(
-    http: Arc<http1::Builder>,
+    conns: Arc<Connections>,
     io: Rewind<TcpStream>,
     service: Service,
     closing: CancellationToken,
 ) {
-    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    let streaming = Arc::new(AtomicBool::new(false));
+    let io = conns.deadline(io, Serving::Flag(streaming.clone()));
+    let service = ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(service, move |response| {
+        if matches!(http::Response::body(&response), ResponseBody::Stream(_)) {
+            streaming.store(true, Ordering::Relaxed);
+        }
+        response
+    });
+    let io = JsonErrors::new(io);
+    let connection = conns.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -269,7 +335,13 @@ mod tests {
         let service: Service = ServiceBuilder::new().option_layer(cors_layer(&[])).service(App::new(state));
         let request = http::Request::get("/events?topics=a").body(Empty::<Bytes>::new()).expect("request");
         let ready = front::respond(request, service).await.expect("response");
-        let task = front::stream(stream, ready);
+        let conns = Connections {
+            http: http1::Builder::new(),
+            request_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+            metrics: Arc::default(),
+        };
+        let task = front::stream(conns.deadline(stream, Serving::EventStream), ready);
         let sizes = [
             ("stream task future", std::mem::size_of_val(&task), 640),
             ("EventStream", std::mem::size_of::<crate::http::body::EventStream>(), 224),

@@ -7,8 +7,8 @@
 //! a catch-up read already delivered.
 //!
 //! When the connection drops, the task reconnects with back-off, subscribes every active topic again,
-//! reads each active topic's stream after the last dispatched id in one `MULTI` (one snapshot, so nothing
-//! published between two reads can be skipped), dispatches what was missed, and only then serves new
+//! reads each active topic's stream after the last dispatched id (a snapshot, then pages merged by id; see
+//! `history.rs`), dispatches what was missed, and only then serves new
 //! subscriptions. If Redis lost its history meanwhile (no `herald:last-id`, or a `herald:epoch` newer
 //! than the last id dispatched), the node cannot know what
 //! it missed: every local connection is marked lagging and catches up from history itself, which sends
@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
-use redis::{Script, Value};
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::scripts::{channel, id_of, Message, LAST_ID_KEY};
+use super::history::{HistoryReader, ReadError};
+use super::scripts::{channel, checked_event, id_of, Message, LAST_ID_KEY};
 use super::COMMAND_TIMEOUT;
 use crate::hub::Hub;
 use crate::id::EventId;
@@ -77,9 +78,8 @@ pub(super) struct Feed {
     /// The last id dispatched to the hub; `None` until the first connection.
     last: Option<EventId>,
     subscribed: HashSet<Topic>,
-    /// The read script and the history age limit (ms, 0 for none), for catching up.
-    read: Script,
-    ttl_ms: u64,
+    /// Reads the streams when catching up (without waiting behind clients' resumes).
+    history: Arc<HistoryReader>,
 }
 
 /// Why a session ended.
@@ -92,9 +92,11 @@ enum End {
 
 impl Feed {
     /// Makes the task's state.
+    #[allow(clippy::too_many_arguments)] // each is a part the task owns; set once, here
     pub(super) fn new(
         client: redis::Client,
         commands: ConnectionManager,
+        history: Arc<HistoryReader>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         state: Arc<FeedState>,
@@ -114,16 +116,8 @@ impl Feed {
             target,
             last: None,
             subscribed: HashSet::new(),
-            read: Script::new(super::scripts::READ),
-            ttl_ms: 0,
+            history,
         }
-    }
-
-    /// Sets the read script and the history age limit used when catching up.
-    pub(super) fn reading_with(mut self, read: Script, ttl_ms: u64) -> Self {
-        self.read = read;
-        self.ttl_ms = ttl_ms;
-        self
     }
 
     /// Runs until the backend is dropped.
@@ -254,26 +248,36 @@ impl Feed {
         self.catch_up().await
     }
 
-    /// Reads every subscribed topic's stream after the last dispatched id, in one snapshot, and
-    /// dispatches what the live feed missed.
+    /// Reads every subscribed topic's stream after the last dispatched id (one snapshot, then pages merged
+    /// by id) and dispatches what the live feed missed.
     async fn catch_up(&mut self) -> Result<(), String> {
         let Some(after) = self.last else { return Ok(()) };
         if self.subscribed.is_empty() {
             return Ok(());
         }
         let topics: Vec<Topic> = self.subscribed.iter().cloned().collect();
-        let mut con = self.commands.clone();
-        let read = super::read_snapshot(&mut con, &self.read, &topics, after, self.ttl_ms);
-        let snapshot = self.command(read).await?;
+        let snapshot = self.history.snapshot(&topics, false).await.map_err(|e| e.to_string())?;
         Metrics::add(&self.metrics.backend_catchup_reads, topics.len() as u64);
-        let mut events = snapshot.events;
-        events.sort_unstable_by_key(|e| e.id);
-        events.dedup_by_key(|e| e.id);
+        let mut trimmed = snapshot.trimmed_after(&topics, after);
+        let mut pager = self.history.pager(&topics, after, &snapshot, false);
         let mut caught_up = 0u64;
-        for event in events {
-            if self.last.is_none_or(|last| event.id > last) {
-                self.dispatch(Arc::new(event));
-                caught_up += 1;
+        loop {
+            match pager.next_page().await {
+                Ok(Some(page)) => {
+                    for event in page {
+                        if self.last.is_none_or(|last| event.id > last) {
+                            self.dispatch(event);
+                            caught_up += 1;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(ReadError::Failed(cause)) => return Err(cause),
+                // Trimmed or lost while reading: the local streams catch up (or are told) themselves.
+                Err(ReadError::Overtaken | ReadError::HistoryLost) => {
+                    trimmed.clone_from(&topics);
+                    break;
+                }
             }
         }
         Metrics::add(&self.metrics.backend_events_caught_up, caught_up);
@@ -287,9 +291,9 @@ impl Feed {
         if after > EventId::ZERO && (last_issued.is_none() || epoch.is_some_and(|epoch| epoch > after)) {
             tracing::warn!(%after, "redis lost its history; local streams catch up from what is left");
             self.hub.lag_topics(&topics);
-        } else if !snapshot.trimmed.is_empty() {
-            tracing::warn!(%after, topics = snapshot.trimmed.len(), "events were trimmed while the pub/sub connection was down");
-            self.hub.lag_topics(&snapshot.trimmed);
+        } else if !trimmed.is_empty() {
+            tracing::warn!(%after, topics = trimmed.len(), "events were trimmed while the pub/sub connection was down");
+            self.hub.lag_topics(&trimmed);
         }
         Ok(())
     }
@@ -306,25 +310,36 @@ impl Feed {
         Ok(())
     }
 
-    /// Decodes a pub/sub message and dispatches it unless it was already dispatched.
+    /// Decodes a pub/sub message and dispatches it unless it was already dispatched. A message that is not a
+    /// valid event (see [`checked_event`]) is dropped and counted; its id, if well-formed, still counts as
+    /// seen, so that ids keep rising past it.
     fn on_message(&mut self, payload: &[u8]) {
         let message: Message = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
                 tracing::warn!(cause = %e, "ignoring a pub/sub message that is not a herald event");
                 return;
             }
         };
         let Ok(id) = message.id.parse::<EventId>() else {
-            tracing::warn!(id = %message.id, "ignoring a pub/sub message with a malformed id");
+            Metrics::inc(&self.metrics.backend_invalid_events);
+            tracing::warn!("ignoring a pub/sub message with a malformed id");
             return;
         };
         if self.last.is_some_and(|last| id <= last) {
             return;
         }
-        let topics: Box<[Topic]> = message.topics.iter().map(|t| Topic::from(t.as_str())).collect();
-        let kind = message.kind.as_deref().filter(|k| !k.is_empty());
-        self.dispatch(Arc::new(Event::new(id, topics, kind, &message.data)));
+        let topics = message.topics.iter().map(String::as_str);
+        match checked_event(id, topics, message.kind.as_deref(), &message.data) {
+            Some(event) => self.dispatch(Arc::new(event)),
+            None => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
+                tracing::warn!(%id, "ignoring a pub/sub message that is not a valid herald event (bad type or topic)");
+                self.last = Some(id);
+                self.state.saw(id);
+            }
+        }
     }
 
     fn dispatch(&mut self, event: Arc<Event>) {

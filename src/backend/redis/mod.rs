@@ -31,9 +31,9 @@
 //!
 //! Each node has one pub/sub connection (`feed.rs`): a topic's channel is subscribed when the hub gets its
 //! first local subscriber for it (the client's response head waits for Redis's confirmation) and
-//! unsubscribed when the last one leaves. Other commands go over one multiplexed connection that
-//! reconnects by itself. A resuming client's history is read from the streams after its last id
-//! (`XRANGE herald:stream:{topic} (<id> +`), in one script call so the reads are one snapshot.
+//! unsubscribed when the last one leaves. Publishes go over one multiplexed connection that reconnects by
+//! itself. A resuming client's history is read from the streams after its last id over a second one: a
+//! snapshot of the facts first, then pages merged by id as the stream is written (`history.rs`).
 //! Every command has a [`COMMAND_TIMEOUT`]: when Redis is away, requests answer 503 promptly.
 //!
 //! ## A publish whose reply is lost
@@ -51,12 +51,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, TlsCertificates, Value};
+use redis::{Script, TlsCertificates};
 use tokio::sync::{mpsc, oneshot};
 
 use self::feed::{Ensure, Feed, FeedState};
-use self::scripts::{decode_entries, id_of, stream_key, EPOCH_KEY, LAST_ID_KEY};
-use super::{judge_last_id, Backend, HistoryLimits, NewEvent, Replay, Reset};
+use self::history::{HistoryReader, Pager, ReadError};
+use self::scripts::{stream_key, EPOCH_KEY, LAST_ID_KEY};
+use super::{judge_last_id, Backend, History, HistoryLimits, NewEvent, PageStream, Replay, Reset, Resume};
 use crate::error::Error;
 use crate::hub::{Hub, Registration};
 use crate::id::{EventId, LastEventId};
@@ -64,6 +65,7 @@ use crate::metrics::Metrics;
 use crate::topic::Topic;
 
 mod feed;
+mod history;
 mod scripts;
 
 /// A prefix that no other node (nor this one before a restart) uses: process id and start time.
@@ -87,11 +89,12 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct RedisBackend {
     hub: Arc<Hub>,
-    history: HistoryLimits,
+    limits: HistoryLimits,
     commands: ConnectionManager,
     publish: Script,
     settle: Script,
-    read: Script,
+    /// History reads for resuming clients, over a connection of their own (see `history.rs`).
+    history: Arc<HistoryReader>,
     /// Makes each publish's nonce unique across nodes and restarts: this node's prefix, then a counter.
     nonce_prefix: String,
     nonces: AtomicU64,
@@ -126,44 +129,41 @@ impl RedisBackend {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let commands =
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| format!("redis: {e}"))?;
+        // History reads get their own connection: a resume's replies never queue in front of publishes.
+        let reads =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| format!("redis: {e}"))?;
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::with_idle_notifier(queue_size, metrics.clone(), idle_tx));
         let (feed_tx, feed_rx) = mpsc::unbounded_channel();
         let state = Arc::new(FeedState::default());
-        let history = HistoryLimits { size: history.size.max(1), ..history };
-        let feed = Feed::new(client, commands.clone(), hub.clone(), metrics.clone(), state.clone(), feed_rx, idle_rx)
-            .reading_with(Script::new(scripts::READ), history.ttl_ms());
+        let limits = HistoryLimits { size: history.size.max(1), ..history };
+        let history = Arc::new(HistoryReader::new(reads, limits.ttl_ms(), metrics.clone()));
+        let feed = Feed::new(
+            client,
+            commands.clone(),
+            history.clone(),
+            hub.clone(),
+            metrics.clone(),
+            state.clone(),
+            feed_rx,
+            idle_rx,
+        );
         tokio::spawn(feed.run());
         Ok(RedisBackend {
             hub,
-            history,
+            limits,
             commands,
             publish: Script::new(scripts::PUBLISH),
             settle: Script::new(scripts::SETTLE),
             nonce_prefix: nonce_prefix(),
             nonces: AtomicU64::new(0),
-            read: Script::new(scripts::READ),
+            history,
             feed: feed_tx,
             state,
             metrics,
         })
-    }
-
-    /// Awaits a Redis command with [`COMMAND_TIMEOUT`]; failures are [`Error::BackendUnavailable`].
-    async fn command<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
-        match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                Metrics::inc(&self.metrics.backend_errors);
-                Err(Error::BackendUnavailable(format!("redis: {e}")))
-            }
-            Err(_) => {
-                Metrics::inc(&self.metrics.backend_errors);
-                Err(Error::BackendUnavailable(format!("redis: no answer within {COMMAND_TIMEOUT:?}")))
-            }
-        }
     }
 
     /// Decides a publish whose reply was lost (see "A publish whose reply is lost" above): `Ok(id)` when it
@@ -213,62 +213,60 @@ impl RedisBackend {
             return Some(newest);
         }
         let mut con = self.commands.clone();
-        let last: Value = self.command(redis::cmd("GET").arg(LAST_ID_KEY).query_async(&mut con)).await.ok()?;
-        let last = id_of(&last)?;
+        let mut get = redis::cmd("GET");
+        get.arg(LAST_ID_KEY);
+        let last = match tokio::time::timeout(COMMAND_TIMEOUT, get.query_async::<redis::Value>(&mut con)).await {
+            Ok(Ok(last)) => last,
+            Ok(Err(_)) | Err(_) => {
+                Metrics::inc(&self.metrics.backend_errors);
+                return None;
+            }
+        };
+        let last = scripts::id_of(&last)?;
         self.state.saw(last);
         Some(last)
     }
 
-    /// One snapshot of the history of `topics` after `after`.
-    async fn read(&self, topics: &[Topic], after: EventId) -> Result<Snapshot, Error> {
-        let mut con = self.commands.clone();
-        self.command(read_snapshot(&mut con, &self.read, topics, after, self.history.ttl_ms())).await
+    /// Judges `last` against a snapshot of `topics` (see `history.rs`): the reset to report, and a pager
+    /// over the events to replay.
+    async fn start_resume(&self, topics: &[Topic], last: LastEventId) -> Result<(Option<Reset>, Pager), Error> {
+        let snapshot =
+            self.history.snapshot(topics, true).await.map_err(|e| Error::BackendUnavailable(e.to_string()))?;
+        // Ids this node has seen were issued even if Redis has since lost them (and all history with
+        // them): an id up to those is then `history_lost`, not `unknown_id`.
+        let newest = *self.state.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last_issued, history_start) = match snapshot.last_issued {
+            Some(issued) => (issued.max(newest), snapshot.epoch.unwrap_or(EventId::ZERO)),
+            None if newest > EventId::ZERO => (newest, EventId::new(newest.ms, newest.seq + 1)),
+            None => (EventId::ZERO, EventId::ZERO),
+        };
+        let last_issued = Some(last_issued).filter(|id| *id > EventId::ZERO);
+        let (after, mut reset) = judge_last_id(last, history_start, last_issued, topics);
+        let trimmed = snapshot.trimmed_after(topics, after);
+        if reset.is_none() && !trimmed.is_empty() {
+            reset = Some(Reset { topics: trimmed, reason: "trimmed" });
+        }
+        Ok((reset, self.history.pager(topics, after, &snapshot, true)))
     }
 }
 
-/// What the read script found: where the deployment's ids stand, which topics lost events after the
-/// id read from, and the retained events after it.
-pub(super) struct Snapshot {
-    /// `herald:last-id`.
-    pub(super) last_issued: Option<EventId>,
-    /// `herald:epoch`.
-    pub(super) epoch: Option<EventId>,
-    /// Topics with an entry newer than the id read after trimmed away (by count or by age).
-    pub(super) trimmed: Vec<Topic>,
-    /// Retained events after the id, per topic in id order (not merged).
-    pub(super) events: Vec<crate::sse::Event>,
-}
-
-/// Runs the read script (see [`scripts::READ`]) for `topics` after `after`.
-pub(super) async fn read_snapshot(
-    con: &mut ConnectionManager,
-    script: &Script,
-    topics: &[Topic],
-    after: EventId,
-    ttl_ms: u64,
-) -> redis::RedisResult<Snapshot> {
-    let mut invocation = script.prepare_invoke();
-    invocation.key(LAST_ID_KEY).key(EPOCH_KEY);
-    for topic in topics {
-        invocation.key(stream_key(topic));
-    }
-    invocation.arg(after.to_string()).arg(ttl_ms);
-    let reply: Vec<Value> = invocation.invoke_async(con).await?;
-    let mut snapshot = Snapshot {
-        last_issued: reply.first().and_then(id_of),
-        epoch: reply.get(1).and_then(id_of),
-        trimmed: Vec::new(),
-        events: Vec::new(),
-    };
-    for (topic, pair) in topics.iter().zip(reply.get(2..).unwrap_or_default().chunks(2)) {
-        if pair.first().and_then(id_of).is_some_and(|deleted| deleted > after) {
-            snapshot.trimmed.push(topic.clone());
+/// Turns a pager into the page stream of a resuming connection. A replay overtaken by trimming, or by
+/// history lost in Redis, ends the stream: the client resumes with its last id and gets `herald.reset`
+/// (counted as a lagging connection dropped, which is what it is).
+fn page_stream(pager: Pager, metrics: Arc<Metrics>) -> PageStream {
+    Box::pin(futures_util::stream::unfold((pager, metrics), |(mut pager, metrics)| async move {
+        match pager.next_page().await {
+            Ok(Some(page)) => Some((Ok(page), (pager, metrics))),
+            Ok(None) => None,
+            Err(e) => {
+                if matches!(e, ReadError::Overtaken | ReadError::HistoryLost) {
+                    Metrics::inc(&metrics.lagging_dropped);
+                }
+                tracing::info!(cause = %e, "replay stopped; the client resumes with its last id");
+                Some((Err(Error::BackendUnavailable(e.to_string())), (pager, metrics)))
+            }
         }
-        if let Some(entries) = pair.get(1) {
-            decode_entries(entries, &mut snapshot.events);
-        }
-    }
-    Ok(snapshot)
+    }))
 }
 
 #[async_trait]
@@ -288,7 +286,7 @@ impl Backend for RedisBackend {
         for topic in &event.topics {
             invocation.key(stream_key(topic));
         }
-        invocation.arg(self.history.size).arg(self.history.ttl_ms());
+        invocation.arg(self.limits.size).arg(self.limits.ttl_ms());
         invocation.arg(event.kind.as_deref().unwrap_or("")).arg(&event.data);
         invocation.arg(floor.to_string());
         for topic in &event.topics {
@@ -336,31 +334,18 @@ impl Backend for RedisBackend {
     }
 
     async fn replay(&self, topics: &[Topic], last: LastEventId) -> Result<Replay, Error> {
-        let from = match last {
-            LastEventId::Id(id) => id,
-            LastEventId::Malformed => EventId::ZERO,
-        };
-        let mut snapshot = self.read(topics, from).await?;
-        // Ids this node has seen were issued even if Redis has since lost them (and all history with
-        // them): an id up to those is then `history_lost`, not `unknown_id`.
-        let newest = *self.state.newest.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last_issued, history_start) = match snapshot.last_issued {
-            Some(issued) => (issued.max(newest), snapshot.epoch.unwrap_or(EventId::ZERO)),
-            None if newest > EventId::ZERO => (newest, EventId::new(newest.ms, newest.seq + 1)),
-            None => (EventId::ZERO, EventId::ZERO),
-        };
-        let last_issued = Some(last_issued).filter(|id| *id > EventId::ZERO);
-        let (after, mut reset) = judge_last_id(last, history_start, last_issued, topics);
-        if after != from {
-            snapshot = self.read(topics, after).await?;
+        let (reset, mut pager) = self.start_resume(topics, last).await?;
+        let mut events = Vec::new();
+        while let Some(page) = pager.next_page().await.map_err(|e| Error::BackendUnavailable(e.to_string()))? {
+            events.extend(page);
         }
-        if reset.is_none() && !snapshot.trimmed.is_empty() {
-            reset = Some(Reset { topics: snapshot.trimmed, reason: "trimmed" });
-        }
-        let mut events = snapshot.events;
-        events.sort_unstable_by_key(|e| e.id);
-        events.dedup_by_key(|e| e.id);
-        Ok(Replay { events: events.into_iter().map(Arc::new).collect(), reset })
+        Ok(Replay { events, reset })
+    }
+
+    async fn resume(&self, topics: &[Topic], last: LastEventId) -> Result<Resume, Error> {
+        let (reset, pager) = self.start_resume(topics, last).await?;
+        let more = Some(page_stream(pager, self.metrics.clone()));
+        Ok(Resume { reset, history: History { first: Vec::new(), more } })
     }
 
     async fn ready(&self) -> bool {

@@ -1,10 +1,11 @@
-//! Key names, the two Lua scripts, and decoding of what Redis returns.
+//! Key names, the publish and settle scripts, and decoding of what Redis returns (the history scripts are in
+//! `history.rs`).
 
 use redis::Value;
 
 use crate::id::EventId;
 use crate::sse::Event;
-use crate::topic::Topic;
+use crate::topic::{validate_topic, validate_type, Topic};
 
 /// The last id issued (`<ms>-<seq>`).
 pub(super) const LAST_ID_KEY: &str = "herald:last-id";
@@ -125,40 +126,6 @@ redis.call('SET', 'herald:cancel:' .. ARGV[1], '1', 'PX', 600000)
 return false
 ";
 
-/// Reads what a resuming client needs, in one consistent snapshot.
-///
-/// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the id to read after,
-/// `ARGV[2]`: the history age limit in milliseconds (`0` for none): older entries are deleted first, as the
-/// publish script would have, so that a topic nobody publishes to still expires and reports it.
-/// Returns `[last-id or nil, epoch or nil, then per topic: max-deleted-entry-id, entries after the id]`.
-pub(super) const READ: &str = r"
-local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
-local ttl = tonumber(ARGV[2])
-local cutoff = nil
-if ttl > 0 then
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  cutoff = string.format('%d-0', math.max(0, now - ttl))
-end
-for i = 3, #KEYS do
-  local deleted = '0-0'
-  if cutoff and redis.call('EXISTS', KEYS[i]) == 1 then
-    for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '(' .. cutoff)) do
-      redis.call('XDEL', KEYS[i], entry[1])
-    end
-  end
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[i])
-    for j = 1, #info, 2 do
-      if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
-    end
-  end
-  out[#out + 1] = deleted
-  out[#out + 1] = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1], '+')
-end
-return out
-";
-
 /// Text of a bulk or simple string.
 pub(super) fn text(v: &Value) -> Option<&str> {
     match v {
@@ -173,25 +140,46 @@ pub(super) fn id_of(v: &Value) -> Option<EventId> {
     text(v).and_then(|s| s.parse().ok())
 }
 
-/// Decodes the entries of an `XRANGE` reply into events; entries Herald did not write are skipped.
-pub(super) fn decode_entries(v: &Value, out: &mut Vec<Event>) {
-    let Value::Array(entries) = v else { return };
-    for entry in entries {
-        let Value::Array(parts) = entry else { continue };
-        let (Some(id), Some(Value::Array(fields))) = (parts.first().and_then(id_of), parts.get(1)) else { continue };
-        let (mut topics, mut kind, mut data) = (None, None, None);
-        for pair in fields.chunks_exact(2) {
-            match text(&pair[0]) {
-                Some("topics") => topics = text(&pair[1]),
-                Some("type") => kind = text(&pair[1]),
-                Some("data") => data = text(&pair[1]),
-                _ => {}
-            }
-        }
-        let (Some(topics), Some(data)) = (topics, data) else { continue };
-        let topics: Box<[Topic]> = topics.split(',').map(Topic::from).collect();
-        out.push(Event::new(id, topics, kind.filter(|k| !k.is_empty()), data));
+/// Makes an event from what Redis holds, held to the rules of a publish over HTTP: every topic valid, the
+/// type valid and not `herald.`-prefixed (an empty type is none). Anything may have written it (the publish
+/// script is documented for other programs), and a type with a line break would otherwise forge fields and
+/// events in every stream. The data may be anything: the encoder splits it into `data:` lines. `None` when
+/// the event is refused.
+pub(super) fn checked_event<'a>(
+    id: EventId,
+    topics: impl IntoIterator<Item = &'a str>,
+    kind: Option<&str>,
+    data: &str,
+) -> Option<Event> {
+    let topics: Box<[Topic]> =
+        topics.into_iter().map(|t| validate_topic(t).ok().map(|()| Topic::from(t))).collect::<Option<_>>()?;
+    if topics.is_empty() {
+        return None;
     }
+    let kind = validate_type(kind).ok()?;
+    Some(Event::new(id, topics, kind.as_deref(), data))
+}
+
+/// One `XRANGE` entry as an event, if it is a valid Herald event (see [`checked_event`]).
+pub(super) fn decode_entry(entry: &Value) -> Option<Event> {
+    let Value::Array(parts) = entry else { return None };
+    let (Some(id), Some(Value::Array(fields))) = (parts.first().and_then(id_of), parts.get(1)) else { return None };
+    let (mut topics, mut kind, mut data) = (None, None, None);
+    for pair in fields.chunks_exact(2) {
+        let field = match &pair[0] {
+            Value::BulkString(b) => b.as_slice(),
+            Value::SimpleString(s) => s.as_bytes(),
+            _ => continue,
+        };
+        // A field present but not text (invalid UTF-8) refuses the entry.
+        match field {
+            b"topics" => topics = Some(text(&pair[1])?),
+            b"type" => kind = Some(text(&pair[1])?),
+            b"data" => data = Some(text(&pair[1])?),
+            _ => {}
+        }
+    }
+    checked_event(id, topics?.split(','), kind, data?)
 }
 
 /// The pub/sub message the publish script sends.
@@ -226,14 +214,53 @@ mod tests {
             entry("6-1", &["topics", "a", "data", "two\nlines"]),
             entry("7-0", &["not", "herald"]),
         ]);
-        let mut events = Vec::new();
-        decode_entries(&reply, &mut events);
+        let Value::Array(entries) = reply else { unreachable!() };
+        let events: Vec<Event> = entries.iter().filter_map(decode_entry).collect();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].id, EventId::new(5, 0));
         assert_eq!(&*events[0].topics, &[Topic::from("a"), Topic::from("b")]);
         assert_eq!(events[1].id, EventId::new(6, 1));
         let wire = String::from_utf8_lossy(events[0].chunk.payload_slice()).into_owned();
         assert_eq!(wire, "id: 5-0\nevent: t.x\ndata: one\n\n");
+    }
+
+    #[test]
+    fn refuses_what_a_publish_over_http_could_not_send() {
+        let entry =
+            |fields: &[&str]| Value::Array(vec![bulk("5-0"), Value::Array(fields.iter().map(|f| bulk(f)).collect())]);
+        let invalid = [
+            entry(&["topics", "a", "type", "t\nretry: 1\nid: 9-0\n\ndata: forged", "data", "d"]),
+            entry(&["topics", "a", "type", "t\r", "data", "d"]),
+            entry(&["topics", "a", "type", "herald.reset", "data", "d"]),
+            entry(&["topics", "a", "type", &"t".repeat(65), "data", "d"]),
+            entry(&["topics", "a,b c", "data", "d"]),
+            entry(&["topics", "a\nid: 9-0", "data", "d"]),
+            entry(&["topics", "a,,b", "data", "d"]),
+            entry(&["topics", "", "data", "d"]),
+            entry(&["topics", "a"]),
+            Value::Array(vec![
+                bulk("5-0"),
+                Value::Array(vec![bulk("topics"), bulk("a"), bulk("data"), Value::BulkString(vec![0xff])]),
+            ]),
+            Value::Array(vec![
+                bulk("not-an-id"),
+                Value::Array(vec![bulk("topics"), bulk("a"), bulk("data"), bulk("d")]),
+            ]),
+        ];
+        for entry in &invalid {
+            assert!(decode_entry(entry).is_none(), "{entry:?}");
+        }
+        // Data may hold anything; an empty type is none.
+        let fine = decode_entry(&entry(&["topics", "a,b", "type", "", "data", "x\r\nid: 9-0\n\nretry: 1"]));
+        let wire = String::from_utf8_lossy(fine.expect("valid").chunk.payload_slice()).into_owned();
+        assert_eq!(wire, "id: 5-0\ndata: x\ndata: id: 9-0\ndata: \ndata: retry: 1\n\n");
+    }
+
+    /// The encoder itself never writes a line break inside the `id:` or `event:` line, whatever it is given.
+    #[test]
+    fn encoder_leaves_out_fields_that_would_break_the_frame() {
+        let frame = crate::sse::encode(Some("1-0\nretry: 1"), Some("t\r\n\ndata: forged"), "d");
+        assert_eq!(&frame[..], b"data: d\n\n");
     }
 
     #[test]
