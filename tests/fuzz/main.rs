@@ -51,6 +51,8 @@ struct Encode {
     ms: u64,
     seq: u64,
     kind: Vec<u8>,
+    /// Take `kind` as text, whatever it holds, rather than as a valid type.
+    raw_kind: bool,
     topics: Vec<Vec<u8>>,
     /// Which of the event's topics the tagged stream reads (bit `i` for topic `i`).
     subscribed: u64,
@@ -71,7 +73,8 @@ fn sse_encoder() {
     const TYPE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-";
     let topic_chars: Vec<u8> = (b'!'..=b'~').filter(|c| !b",*?#".contains(c)).collect();
     check!(name = "sse_encoder").with_type::<Encode>().for_each(|input| {
-        let kind = name(&input.kind, TYPE);
+        let kind =
+            if input.raw_kind { String::from_utf8_lossy(&input.kind).into_owned() } else { name(&input.kind, TYPE) };
         let mut topics: Vec<String> = Vec::new();
         for t in &input.topics {
             let t = if t.is_empty() { "t".to_owned() } else { name(t, &topic_chars) };
