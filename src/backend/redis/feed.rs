@@ -25,7 +25,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::history::{HistoryReader, ReadError};
-use super::scripts::{channel, checked_event, id_of, Message, LAST_ID_KEY};
+use super::scripts::{channel, id_of, Message, Unreadable, LAST_ID_KEY};
 use super::COMMAND_TIMEOUT;
 use crate::hub::Hub;
 use crate::id::EventId;
@@ -314,24 +314,23 @@ impl Feed {
     /// valid event (see [`checked_event`]) is dropped and counted; its id, if well-formed, still counts as
     /// seen, so that ids keep rising past it.
     fn on_message(&mut self, payload: &[u8]) {
-        let message: Message = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => {
+        let (id, message) = match Message::read(payload) {
+            Ok(read) => read,
+            Err(Unreadable::NotAMessage(e)) => {
                 Metrics::inc(&self.metrics.backend_invalid_events);
                 tracing::warn!(cause = %e, "ignoring a pub/sub message that is not a herald event");
                 return;
             }
-        };
-        let Ok(id) = message.id.parse::<EventId>() else {
-            Metrics::inc(&self.metrics.backend_invalid_events);
-            tracing::warn!("ignoring a pub/sub message with a malformed id");
-            return;
+            Err(Unreadable::MalformedId) => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
+                tracing::warn!("ignoring a pub/sub message with a malformed id");
+                return;
+            }
         };
         if self.last.is_some_and(|last| id <= last) {
             return;
         }
-        let topics = message.topics.iter().map(String::as_str);
-        match checked_event(id, topics, message.kind.as_deref(), &message.data) {
+        match message.event(id) {
             Some(event) => self.dispatch(Arc::new(event)),
             None => {
                 Metrics::inc(&self.metrics.backend_invalid_events);

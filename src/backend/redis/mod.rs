@@ -66,7 +66,7 @@ use crate::topic::Topic;
 
 mod feed;
 mod history;
-mod scripts;
+pub(crate) mod scripts;
 
 /// A prefix that no other node (nor this one before a restart) uses: process id and start time.
 fn nonce_prefix() -> String {

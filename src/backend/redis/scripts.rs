@@ -136,7 +136,7 @@ pub(super) fn text(v: &Value) -> Option<&str> {
 }
 
 /// An id from a string value; `None` for nil or anything else.
-pub(super) fn id_of(v: &Value) -> Option<EventId> {
+pub(crate) fn id_of(v: &Value) -> Option<EventId> {
     text(v).and_then(|s| s.parse().ok())
 }
 
@@ -161,7 +161,7 @@ pub(super) fn checked_event<'a>(
 }
 
 /// One `XRANGE` entry as an event, if it is a valid Herald event (see [`checked_event`]).
-pub(super) fn decode_entry(entry: &Value) -> Option<Event> {
+pub(crate) fn decode_entry(entry: &Value) -> Option<Event> {
     let Value::Array(parts) = entry else { return None };
     let (Some(id), Some(Value::Array(fields))) = (parts.first().and_then(id_of), parts.get(1)) else { return None };
     let (mut topics, mut kind, mut data) = (None, None, None);
@@ -184,7 +184,7 @@ pub(super) fn decode_entry(entry: &Value) -> Option<Event> {
 
 /// The pub/sub message the publish script sends.
 #[derive(Debug, serde::Deserialize)]
-pub(super) struct Message {
+pub(crate) struct Message {
     /// The event id.
     pub(super) id: String,
     /// Its topics.
@@ -194,6 +194,32 @@ pub(super) struct Message {
     pub(super) kind: Option<String>,
     /// Its data.
     pub(super) data: String,
+}
+
+/// Why a pub/sub payload is not a message of the publish script.
+#[derive(Debug)]
+pub(crate) enum Unreadable {
+    /// Not the script's JSON.
+    NotAMessage(serde_json::Error),
+    /// An id that is not one Herald could have issued.
+    MalformedId,
+}
+
+impl Message {
+    /// Reads a pub/sub payload: the message and its id.
+    ///
+    /// # Errors
+    /// [`Unreadable`] when it is not a message of the publish script.
+    pub(crate) fn read(payload: &[u8]) -> Result<(EventId, Message), Unreadable> {
+        let message: Message = serde_json::from_slice(payload).map_err(Unreadable::NotAMessage)?;
+        let id = message.id.parse().map_err(|_| Unreadable::MalformedId)?;
+        Ok((id, message))
+    }
+
+    /// The event the message carries, if it is a valid Herald event (see [`checked_event`]).
+    pub(crate) fn event(&self, id: EventId) -> Option<Event> {
+        checked_event(id, self.topics.iter().map(String::as_str), self.kind.as_deref(), &self.data)
+    }
 }
 
 #[cfg(test)]
