@@ -5,7 +5,7 @@ use redis::Value;
 
 use crate::id::EventId;
 use crate::sse::Event;
-use crate::topic::{validate_topic, validate_type, Topic};
+use crate::topic::{validate_type, Topic, TopicSet};
 
 /// The last id issued (`<ms>-<seq>`).
 pub(super) const LAST_ID_KEY: &str = "herald:last-id";
@@ -140,22 +140,23 @@ pub(crate) fn id_of(v: &Value) -> Option<EventId> {
     text(v).and_then(|s| s.parse().ok())
 }
 
-/// Makes an event from what Redis holds, held to the rules of a publish over HTTP: every topic valid, the
-/// type valid and not `herald.`-prefixed (an empty type is none). Anything may have written it (the publish
-/// script is documented for other programs), and a type with a line break would otherwise forge fields and
-/// events in every stream. The data may be anything: the encoder splits it into `data:` lines. `None` when
-/// the event is refused.
+/// Makes an event from what Redis holds, held to the rules of a publish over HTTP: every topic valid (a
+/// duplicate merged), the type valid and not `herald.`-prefixed (an empty type is none). Anything may have
+/// written it (the publish script is documented for other programs), and a type with a line break would
+/// otherwise forge fields and events in every stream. The data may be anything: the encoder splits it into
+/// `data:` lines. `None` when the event is refused.
 pub(super) fn checked_event<'a>(
     id: EventId,
     topics: impl IntoIterator<Item = &'a str>,
     kind: Option<&str>,
     data: &str,
 ) -> Option<Event> {
-    let topics: Box<[Topic]> =
-        topics.into_iter().map(|t| validate_topic(t).ok().map(|()| Topic::from(t))).collect::<Option<_>>()?;
-    if topics.is_empty() {
-        return None;
+    // As a publish over HTTP reads them: each valid, duplicates merged, at least one.
+    let mut set = TopicSet::new(usize::MAX);
+    for topic in topics {
+        set.add(topic).ok()?;
     }
+    let topics: Box<[Topic]> = set.finish().ok()?.into();
     let kind = validate_type(kind).ok()?;
     Some(Event::new(id, topics, kind.as_deref(), data))
 }
@@ -280,6 +281,22 @@ mod tests {
         let fine = decode_entry(&entry(&["topics", "a,b", "type", "", "data", "x\r\nid: 9-0\n\nretry: 1"]));
         let wire = String::from_utf8_lossy(fine.expect("valid").chunk.payload_slice()).into_owned();
         assert_eq!(wire, "id: 5-0\ndata: x\ndata: id: 9-0\ndata: \ndata: retry: 1\n\n");
+    }
+
+    /// Found by the `redis_entries` and `redis_message` fuzz targets: a topic named twice in what Redis
+    /// holds (`a,b,a`: the documented script can leave such an entry when its second `XADD` fails) made an
+    /// event with that topic twice, so a tagged stream was told `topics: a,a`; a publish over HTTP merges
+    /// duplicates, and so does an event from Redis now.
+    #[test]
+    fn duplicate_topics_from_redis_are_merged() {
+        let fields = ["topics", "a,b,a", "data", "d"].map(bulk).to_vec();
+        let event = decode_entry(&Value::Array(vec![bulk("5-0"), Value::Array(fields)])).expect("valid");
+        assert_eq!(&*event.topics, &[Topic::from("a"), Topic::from("b")]);
+        let (id, message) = Message::read(br#"{"id":"5-0","topics":["a","a"],"data":"d"}"#).expect("a message");
+        let event = message.event(id).expect("valid");
+        assert_eq!(&*event.topics, &[Topic::from("a")]);
+        let tagged = event.tagged(&[Topic::from("a")]);
+        assert_eq!(tagged.payload_slice(), b"id: 5-0\ntopics: a\ndata: d\n\n");
     }
 
     /// The encoder itself never writes a line break inside the `id:` or `event:` line, whatever it is given.
