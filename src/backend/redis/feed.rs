@@ -316,14 +316,14 @@ impl Feed {
     fn on_message(&mut self, payload: &[u8]) {
         let (id, message) = match Message::read(payload) {
             Ok(read) => read,
-            Err(Unreadable::NotAMessage(e)) => {
-                Metrics::inc(&self.metrics.backend_invalid_events);
-                tracing::warn!(cause = %e, "ignoring a pub/sub message that is not a herald event");
-                return;
-            }
             Err(Unreadable::MalformedId) => {
                 Metrics::inc(&self.metrics.backend_invalid_events);
                 tracing::warn!("ignoring a pub/sub message with a malformed id");
+                return;
+            }
+            Err(cause) => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
+                tracing::warn!(%cause, "ignoring a pub/sub message that is not a herald event");
                 return;
             }
         };

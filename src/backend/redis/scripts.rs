@@ -198,11 +198,16 @@ pub(crate) struct Message {
 }
 
 /// Why a pub/sub payload is not a message of the publish script.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum Unreadable {
+    /// Not text, so not JSON (RFC 8259).
+    #[error("not UTF-8: {0}")]
+    NotText(#[from] std::str::Utf8Error),
     /// Not the script's JSON.
-    NotAMessage(serde_json::Error),
+    #[error("{0}")]
+    NotAMessage(#[from] serde_json::Error),
     /// An id that is not one Herald could have issued.
+    #[error("a malformed id")]
     MalformedId,
 }
 
@@ -212,7 +217,8 @@ impl Message {
     /// # Errors
     /// [`Unreadable`] when it is not a message of the publish script.
     pub(crate) fn read(payload: &[u8]) -> Result<(EventId, Message), Unreadable> {
-        let message: Message = serde_json::from_slice(payload).map_err(Unreadable::NotAMessage)?;
+        // serde_json checks the text of the strings it reads, not of those it skips: check it all first.
+        let message: Message = serde_json::from_str(std::str::from_utf8(payload)?)?;
         let id = message.id.parse().map_err(|_| Unreadable::MalformedId)?;
         Ok((id, message))
     }
@@ -297,6 +303,15 @@ mod tests {
         assert_eq!(&*event.topics, &[Topic::from("a")]);
         let tagged = event.tagged(&[Topic::from("a")]);
         assert_eq!(tagged.payload_slice(), b"id: 5-0\ntopics: a\ndata: d\n\n");
+    }
+
+    /// Found by the `redis_message` fuzz target: bytes that are not UTF-8 in a field Herald ignores were
+    /// taken (serde skips such a field without checking its text); such a payload is not JSON, and a publish
+    /// over HTTP with it is refused.
+    #[test]
+    fn pub_sub_payloads_must_be_utf8() {
+        assert!(Message::read(b"{\"id\":\"5-0\",\"topics\":[\"a\"],\"data\":\"d\",\"x\":\"\x80\"}").is_err());
+        assert!(Message::read("{\"id\":\"5-0\",\"topics\":[\"a\"],\"data\":\"d\",\"x\":\"\u{e9}\"}".as_bytes()).is_ok());
     }
 
     /// The encoder itself never writes a line break inside the `id:` or `event:` line, whatever it is given.
