@@ -34,6 +34,18 @@ fn request_head() {
     check!(name = "request_head").for_each(fuzzing::request_head);
 }
 
+/// A pub/sub message, as the publish script (or another program) sends it.
+#[test]
+fn redis_message() {
+    check!(name = "redis_message").for_each(fuzzing::redis_message);
+}
+
+/// A reply of Redis (RESP bytes), decoded as stream entries.
+#[test]
+fn redis_entries() {
+    check!(name = "redis_entries").for_each(fuzzing::redis_entries);
+}
+
 /// A piece of event data: line ends are what matters to the encoder, so they come often.
 #[derive(Debug, TypeGenerator)]
 enum Piece {
