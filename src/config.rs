@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
 
+    /// Event streams open at once from one client address (the peer's, or the one a trusted proxy names);
+    /// default: no such limit.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_connections_per_ip: Option<u32>,
+
     /// Events queued per connection before it counts as lagging (it is then caught up from history,
     /// or closed so that it resumes with its last id).
     #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), global = true)]
@@ -103,6 +108,25 @@ pub struct Config {
     /// reading; it resumes with its last event id when it reads again). Like nginx's `send_timeout`.
     #[arg(long, env = "HERALD_SEND_TIMEOUT", default_value = "60", value_parser = parse_secs, global = true)]
     pub send_timeout: Duration,
+
+    /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS): a proxy that speaks
+    /// HTTP/2 to Herald carries this many subscribers on one connection.
+    #[arg(long, env = "HERALD_H2_MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub h2_max_streams: u32,
+
+    /// PEM file of the certificate chain to serve HTTPS with (HTTP/2 and HTTP/1.1 offered by ALPN); needs
+    /// --tls-key. Both files are read again on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Peers whose X-Forwarded-For / Forwarded headers name the client, for logs and per-address limits
+    /// (repeatable or comma-separated; an address or a range such as 10.0.0.0/8). Others' are ignored.
+    #[arg(long, env = "HERALD_TRUSTED_PROXY", value_delimiter = ',', global = true)]
+    pub trusted_proxy: Vec<crate::http::client::Cidr>,
 
     /// Folder served at `/` instead of the built-in demo page (`index.html` for `/` and directories); `''`
     /// serves none. `/herald.js` is always served: from the folder if it has one, else built in.
@@ -207,6 +231,7 @@ impl Config {
             return Err(ConfigError::Invalid("--max-connections must be positive".into()));
         }
         self.static_site()?;
+        self.tls()?;
         Ok(())
     }
 
@@ -236,6 +261,17 @@ impl Config {
             let dir = self.static_dir.as_deref().unwrap_or_default();
             ConfigError::Invalid(format!("--static-dir {dir:?}: {e} (give a folder, or '' to serve none)"))
         })
+    }
+
+    /// The certificate and key of `--tls-cert` / `--tls-key`, read and checked: `None` without them.
+    ///
+    /// # Errors
+    /// A file cannot be read, holds no certificate or no key, or the key does not match the certificate.
+    pub fn tls(&self) -> Result<Option<crate::server::TlsFiles>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let files = crate::server::TlsFiles { cert: cert.clone(), key: key.clone() };
+        files.load().map_err(ConfigError::Invalid)?;
+        Ok(Some(files))
     }
 
     /// The flags that concern authentication.

@@ -1,11 +1,10 @@
-//! The one error type of request handling, and its one mapping to HTTP statuses and JSON bodies.
+//! The one error type of request handling: what can go wrong, its HTTP status and its stable code. The
+//! response itself (JSON body, headers) is made in one place of the HTTP layer (`http::error_response`).
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::StatusCode;
 
-use crate::http::body::ResponseBody;
-
-/// Everything a request can fail with. [`Error::into_response`] is the only place that turns an error
-/// into HTTP: the status, a stable snake_case `code` and a message meant for humans.
+/// Everything a request can fail with: the status, a stable snake_case `code` and a message meant for humans.
+/// `Error::into_response` (in the HTTP layer) is the only place that turns an error into a response.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No topic was given.
@@ -86,6 +85,12 @@ pub enum Error {
     /// `--max-connections` streams are open.
     #[error("too many open streams on this node; retry later")]
     TooManyConnections,
+    /// `--max-connections-per-ip` streams are open from the client's address.
+    #[error("too many open streams from this address (at most {max}); retry later")]
+    TooManyConnectionsFromAddress {
+        /// The configured maximum.
+        max: u32,
+    },
     /// The backend cannot be reached; nothing was done.
     #[error("the backend is unavailable; retry later")]
     BackendUnavailable(String),
@@ -120,6 +125,7 @@ impl Error {
             Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown
             | Error::TooManyConnections
+            | Error::TooManyConnectionsFromAddress { .. }
             | Error::BackendUnavailable(_)
             | Error::NotReady
             | Error::PublishOutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
@@ -148,34 +154,9 @@ impl Error {
             Error::RequestTimeout => "request_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::TooManyConnections => "too_many_connections",
+            Error::TooManyConnectionsFromAddress { .. } => "too_many_connections_per_ip",
             Error::BackendUnavailable(_) | Error::NotReady | Error::PublishOutcomeUnknown => "backend_unavailable",
         }
-    }
-
-    /// Turns the error into the response API.md describes: `{"error":{"code":…,"message":…}}`.
-    ///
-    /// Backend details are logged here and never sent to the client.
-    pub fn into_response(self) -> Response<ResponseBody> {
-        if let Error::BackendUnavailable(cause) = &self {
-            tracing::warn!(%cause, "backend unavailable");
-        }
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        let mut response = Response::new(ResponseBody::full(body.to_string()));
-        let status = self.status();
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Error::MethodNotAllowed { allow } = self {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"herald\""));
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
     }
 }
 

@@ -7,9 +7,10 @@
 //! ## Layout
 //! - [`config`]: the command line and environment.
 //! - [`cli`]: the command-line tools `herald token`, `herald publish`, `herald tail`.
-//! - [`server`]: accept loop, per-connection HTTP/1, graceful shutdown.
+//! - [`server`]: accept loop, per-connection serving (the event-stream front, HTTP/1, HTTP/2, TLS), graceful
+//!   shutdown.
 //! - [`http`]: the tower service: routing, `/events`, `/publish`, operations, static files.
-//! - [`error`]: the one error type and its one mapping to HTTP.
+//! - [`error`]: the one error type, with its HTTP status and code (the response is made in `http`).
 //! - [`auth`]: JWT verification, topic patterns, public topics.
 //! - [`backend`]: the [`backend::Backend`] trait (ids, history, live feed) and its implementations.
 //! - [`hub`]: topic → local connections; each connection's bounded mailbox.

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub lagging_dropped: AtomicU64,
     /// Streams closed because the client accepted no bytes for the send timeout.
     pub stalled_dropped: AtomicU64,
+    /// Streams refused because their client address had `--max-connections-per-ip` streams open.
+    pub per_ip_refused: AtomicU64,
     /// Heartbeat comments sent.
     pub heartbeats: AtomicU64,
     /// Reconnections of the backend's live feed.
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub publishes_settled: AtomicU64,
     /// Publishes whose reply was lost and whose outcome could not be settled.
     pub publishes_unsettled: AtomicU64,
+    /// HTTP/2 connections open now (each carries any number of streams).
+    pub http2_connections: AtomicU64,
 }
 
 /// Gauges owned by the hub, sampled at scrape time.
@@ -131,6 +135,12 @@ impl Metrics {
             "Streams closed because the client accepted no bytes for the send timeout.",
             &self.stalled_dropped,
         );
+        counter(
+            &mut out,
+            "herald_connections_per_ip_refused_total",
+            "Streams refused because their client address had --max-connections-per-ip streams open.",
+            &self.per_ip_refused,
+        );
         counter(&mut out, "herald_heartbeats_total", "Heartbeat comments sent.", &self.heartbeats);
         counter(
             &mut out,
@@ -185,6 +195,12 @@ impl Metrics {
             "herald_backend_publishes_unsettled_total",
             "Publishes whose reply was lost and whose outcome stayed unknown.",
             &self.publishes_unsettled,
+        );
+        gauge(
+            &mut out,
+            "herald_http2_connections_open",
+            "HTTP/2 connections open now (their streams are in herald_connections_open).",
+            self.http2_connections.load(Relaxed),
         );
         out
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Herald's test command (the README's second command; .ci/run calls it too). On a Debian machine with only
 # the Rust toolchain it first installs what the tests need and is missing — redis-server (the Redis half of
-# the suite starts its own servers), Chromium and Node.js (the real-browser tests), the pinned node packages
-# of tests/browser — then runs `cargo test` with any arguments given.
+# the suite starts its own servers), Chromium and Node.js (the real-browser tests), nginx, HAProxy and Caddy
+# (tests/proxies.rs runs each in front of Herald), the pinned node packages of tests/browser — then runs
+# `cargo test` with any arguments given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
+for proxy in nginx haproxy caddy; do
+    command -v "$proxy" >/dev/null 2>&1 || [ -x "/usr/sbin/$proxy" ] || missing+=("$proxy")
+done
 if ((${#missing[@]})); then
     echo "== installing ${missing[*]} (Debian packages)"
     sudo=()

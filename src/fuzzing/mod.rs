@@ -45,6 +45,7 @@ fn limits() -> Limits {
         max_event_size: MAX_EVENT_SIZE,
         max_body_size: 1 << 20,
         max_connections: 1,
+        max_connections_per_ip: None,
         heartbeat: Duration::from_secs(15),
         retry_ms: 3000,
         send_timeout: Duration::from_secs(60),
@@ -438,8 +439,9 @@ fn text(bytes: &[u8]) -> &str {
 /// any number of header fields) as `GET` of the same path and query (a fragment dropped), in the same
 /// HTTP version, with the same header fields, none of them announcing a body or an upgrade; every shorter
 /// prefix of that head is "partial" (however the head is split into reads, it is taken the same way); a
-/// head called partial is partial for httparse too; a head left to hyper is a complete HTTP/1 head or
-/// HTTP/2; a head refused is malformed for httparse too, or has more than 100 header fields.
+/// head called partial is partial for httparse too (or the start of HTTP/2's preface); HTTP/2 is told apart
+/// exactly by its preface; a head left to hyper as HTTP/1 is a complete HTTP/1 head; a head refused is
+/// malformed for httparse too, or has more than 100 header fields.
 ///
 /// # Panics
 /// When a check fails.
@@ -451,21 +453,30 @@ pub fn request_head(input: &[u8]) {
     let mut fields = vec![httparse::EMPTY_HEADER; 1024];
     let mut reference = httparse::Request::new(&mut fields);
     let status = reference.parse(input);
-    let h2 = input.starts_with(b"PRI * HTTP/2.0");
+    // HTTP/2 with prior knowledge starts with this preface (RFC 9113, 3.4).
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let h2 = input.starts_with(PREFACE);
+    let maybe_h2 = PREFACE.starts_with(input);
     let request = match parse_head(input) {
         Parsed::Events(request) => request,
-        Parsed::Partial => {
-            assert!(matches!(status, Ok(httparse::Status::Partial)), "partial, but httparse says {status:?}");
+        Parsed::Http2 => {
+            assert!(h2, "taken as HTTP/2 without the preface");
             return;
         }
-        // Left to hyper: a complete HTTP/1 head (not a body-less `GET /events`), or HTTP/2.
+        Parsed::Partial => {
+            let partial = matches!(status, Ok(httparse::Status::Partial));
+            assert!(partial || maybe_h2, "partial, but httparse says {status:?}");
+            return;
+        }
+        // Left to hyper: a complete HTTP/1 head (not a body-less `GET /events`).
         Parsed::Other => {
-            assert!(h2 || matches!(status, Ok(httparse::Status::Complete(_))), "left to hyper: {status:?}");
+            assert!(!h2 && !maybe_h2, "HTTP/2 left to hyper as HTTP/1");
+            assert!(matches!(status, Ok(httparse::Status::Complete(_))), "left to hyper: {status:?}");
             return;
         }
         // Refused with a JSON error: not HTTP/1 (nor HTTP/2), or more header fields than hyper takes.
         Parsed::Bad(error) => {
-            assert!(!h2, "the start of HTTP/2 refused");
+            assert!(!h2 && !maybe_h2, "the start of HTTP/2 refused");
             match error {
                 Error::MalformedHead => assert!(status.is_err(), "refused as malformed, but httparse says {status:?}"),
                 Error::HeadTooLarge => {
@@ -477,6 +488,7 @@ pub fn request_head(input: &[u8]) {
             return;
         }
     };
+    assert!(!h2, "HTTP/2 taken as GET /events");
     let Ok(httparse::Status::Complete(head_len)) = status else {
         panic!("taken as GET /events, but httparse says {status:?}");
     };

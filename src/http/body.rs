@@ -16,7 +16,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{Backend, History, PageStream, Replay, Reset};
+use super::client::AddressPermit;
+use crate::backend::{Backend, History, PageStream, Reset, Resume};
 use crate::error::Error;
 use crate::hub::{Drained, Registration};
 use crate::id::{EventId, LastEventId};
@@ -82,20 +83,24 @@ impl Body for ResponseBody {
     }
 }
 
-/// Holds one slot of the node's stream limit and keeps `herald_connections_open` true.
+/// Holds one slot of the node's stream limit (and of its client address's, with
+/// `--max-connections-per-ip`) and keeps `herald_connections_open` true.
 #[derive(Debug)]
 pub struct StreamPermit {
     metrics: Arc<Metrics>,
+    /// Boxed: most nodes set no per-address limit, and every stream carries this.
+    _address: Option<Box<AddressPermit>>,
 }
 
 impl StreamPermit {
-    /// Takes a slot if fewer than `max` streams are open.
+    /// Takes a slot if fewer than `max` streams are open, keeping `address` (the client address's slot, if
+    /// any) with it.
     ///
     /// # Errors
     /// [`Error::TooManyConnections`] at the limit.
-    pub fn acquire(metrics: &Arc<Metrics>, max: usize) -> Result<Self, Error> {
+    pub fn acquire(metrics: &Arc<Metrics>, max: usize, address: Option<AddressPermit>) -> Result<Self, Error> {
         let before = metrics.connections_open.fetch_add(1, Relaxed);
-        let permit = StreamPermit { metrics: metrics.clone() };
+        let permit = StreamPermit { metrics: metrics.clone(), _address: address.map(Box::new) };
         if before >= max as u64 {
             return Err(Error::TooManyConnections);
         }
@@ -109,7 +114,7 @@ impl Drop for StreamPermit {
     }
 }
 
-type CatchUp = Pin<Box<dyn Future<Output = Result<Replay, Error>> + Send>>;
+type CatchUp = Pin<Box<dyn Future<Output = Result<Resume, Error>> + Send>>;
 
 enum Phase {
     /// Replayed events still to write, newest first: they are taken from the end. (A `Vec` rather than
@@ -123,6 +128,20 @@ enum Phase {
     CatchUp(CatchUp),
     /// Nothing more will be written.
     Done,
+}
+
+impl Phase {
+    /// Writing `history`: at once when it came whole, page by page when it comes in pages.
+    fn replaying(history: History) -> Phase {
+        match history.more {
+            None => {
+                let mut first = history.first;
+                first.reverse();
+                Phase::Replay(first)
+            }
+            Some(pages) => Phase::Paged(Box::new((history.first.into_iter(), pages))),
+        }
+    }
 }
 
 impl std::fmt::Debug for Phase {
@@ -201,20 +220,12 @@ impl EventStream {
         last_sent: EventId,
     ) -> Self {
         let now = Instant::now();
-        let phase = match replay.more {
-            None => {
-                let mut first = replay.first;
-                first.reverse();
-                Phase::Replay(first)
-            }
-            Some(pages) => Phase::Paged(Box::new((replay.first.into_iter(), pages))),
-        };
         EventStream {
             heartbeat: Box::pin(tokio::time::sleep_until(idle_deadline(now, &registration, &settings))),
             settings,
             registration,
             head: Some(head),
-            phase,
+            phase: Phase::replaying(replay),
             last_sent,
             last_activity: now,
             ends_at: None,
@@ -315,23 +326,21 @@ impl EventStream {
                     let metrics = &self.settings.metrics;
                     let never_sent = self.last_sent == EventId::ZERO;
                     match result {
-                        Ok(Replay { mut events, reset: None }) => {
+                        Ok(Resume { history, reset: None }) => {
                             Metrics::inc(&metrics.lagging_caught_up);
-                            events.reverse();
-                            self.phase = Phase::Replay(events);
+                            self.phase = Phase::replaying(history);
                         }
-                        Ok(Replay { reset: Some(_), .. }) | Err(_) if !never_sent => {
+                        Ok(Resume { reset: Some(_), .. }) | Err(_) if !never_sent => {
                             // History cannot cover this connection: close it; the client resumes with its
                             // last id and is told what it lost.
                             Metrics::inc(&metrics.lagging_dropped);
                             self.phase = Phase::Done;
                         }
-                        Ok(Replay { mut events, reset: Some(reset) }) => {
+                        Ok(Resume { history, reset: Some(reset) }) => {
                             Metrics::inc(&metrics.lagging_caught_up);
                             Metrics::inc(&metrics.resets);
                             self.head = Some(sse::reset_event(&reset.topics, reset.reason));
-                            events.reverse();
-                            self.phase = Phase::Replay(events);
+                            self.phase = Phase::replaying(history);
                         }
                         Err(e) => {
                             // Nothing to replay from: say so, and go on live.
@@ -362,7 +371,8 @@ impl EventStream {
                             let topics = self.registration.topics().to_vec();
                             let from = self.last_sent.max(self.registration.live_from().unwrap_or(EventId::ZERO));
                             let last = LastEventId::Id(from);
-                            self.phase = Phase::CatchUp(Box::pin(async move { backend.replay(&topics, last).await }));
+                            // Read like a resume: in pages with Redis, so that a long catch-up holds a page at a time.
+                            self.phase = Phase::CatchUp(Box::pin(async move { backend.resume(&topics, last).await }));
                         }
                         Poll::Ready(Drained::Closed) => {
                             self.phase = Phase::Done;
@@ -520,7 +530,7 @@ mod tests {
         /// A stream opened without a last event id, as `GET /events` makes it.
         async fn open(&self, topics: &[&str], tagged: bool) -> EventStream {
             let registration = self.backend.subscribe(&names(topics)).await.expect("subscribe");
-            let permit = StreamPermit::acquire(&self.metrics, 100).expect("permit");
+            let permit = StreamPermit::acquire(&self.metrics, 100, None).expect("permit");
             let head = sse::preamble(1000);
             let mut stream =
                 EventStream::new(self.settings.clone(), registration, permit, head, History::empty(), EventId::ZERO);
@@ -653,6 +663,35 @@ mod tests {
     }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.
+    /// Heartbeat timing, on paused time (deterministic, no wall clock): the first comment comes after the
+    /// interval of silence plus this stream's fixed spread (at most 10 %), never earlier; an event restarts
+    /// the silence; an event waiting in the mailbox goes out at once.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_come_after_the_interval_of_silence() {
+        let node = node(10, 16);
+        let mut stream = node.open(&["t"], false).await;
+        let (opening, ended) = ready_chunks(&mut stream);
+        assert_eq!((opening.len(), ended), (1, false), "the preamble, then nothing");
+        async fn next(stream: &mut EventStream) -> Bytes {
+            std::future::poll_fn(|cx| stream.poll_next_chunk(cx)).await.expect("the stream goes on")
+        }
+        let interval = Duration::from_secs(15);
+        let silent_since = Instant::now();
+        assert_eq!(&next(&mut stream).await[..], sse::HEARTBEAT);
+        let waited = silent_since.elapsed();
+        assert!(waited >= interval && waited <= interval.mul_f64(1.1), "first heartbeat after {waited:?}");
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        node.publish(&["t"], "x").await;
+        let published = Instant::now();
+        assert!(next(&mut stream).await.starts_with(b"id: "), "the event first");
+        assert_eq!(published.elapsed(), Duration::ZERO, "an event waiting in the mailbox is written at once");
+        assert_eq!(&next(&mut stream).await[..], sse::HEARTBEAT);
+        let waited = published.elapsed();
+        assert!(waited >= interval && waited <= interval.mul_f64(1.1), "heartbeat {waited:?} after the event");
+        assert_eq!(node.metrics.heartbeats.load(Relaxed), 2);
+    }
+
     #[test]
     fn heartbeats_of_connections_opened_together_are_spread() {
         let metrics = Arc::new(Metrics::default());

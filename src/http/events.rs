@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 
 use super::body::{EventStream, StreamPermit};
+use super::client::client_address;
 use super::form;
 use super::{require_method, AppState, ResponseBody};
 use crate::auth::SubscribeGrant;
@@ -70,7 +71,14 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
     if state.is_draining() {
         return Err(Error::ShuttingDown);
     }
-    let permit = StreamPermit::acquire(&state.metrics, state.limits.max_connections)?;
+    let client = client_address(&req, &state.trusted_proxies);
+    let address = match (&state.addresses, client) {
+        (Some(slots), Some(ip)) => {
+            Some(slots.acquire(ip).inspect_err(|_| Metrics::inc(&state.metrics.per_ip_refused))?)
+        }
+        _ => None,
+    };
+    let permit = StreamPermit::acquire(&state.metrics, state.limits.max_connections, address)?;
     // Live before history: whatever is published from here on lands in the mailbox.
     let registration = state.backend.subscribe(&query.topics).await?;
 
@@ -95,7 +103,7 @@ pub(super) async fn subscribe<B>(state: &AppState, req: Request<B>) -> Result<Re
         }
         replay = found.history;
     }
-    tracing::debug!(topics = ?query.topics, tagged = query.tag_topics, "stream opened");
+    tracing::debug!(client = ?client, topics = ?query.topics, tagged = query.tag_topics, "stream opened");
     let settings = state.stream_settings.clone();
     let mut stream = EventStream::new(settings, registration, permit, Bytes::from(head), replay, last_sent);
     if query.tag_topics {

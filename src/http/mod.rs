@@ -22,6 +22,8 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 pub mod body;
+pub mod client;
+mod error_response;
 pub(crate) mod events;
 mod form;
 mod ops;
@@ -43,6 +45,8 @@ pub struct Limits {
     pub max_body_size: usize,
     /// Streams open at once.
     pub max_connections: usize,
+    /// Streams open at once from one client address (`None`: no such limit).
+    pub max_connections_per_ip: Option<u32>,
     /// Idle time before a heartbeat.
     pub heartbeat: Duration,
     /// The `retry:` hint, in milliseconds.
@@ -69,6 +73,10 @@ pub struct AppState {
     pub auth: Option<Auth>,
     /// What is served at `/` and `/herald.js`.
     pub statics: StaticSite,
+    /// Streams open per client address, when `--max-connections-per-ip` is set.
+    pub addresses: Option<Arc<client::AddressSlots>>,
+    /// Peers whose forwarding headers name the client (`--trusted-proxy`).
+    pub trusted_proxies: client::TrustedProxies,
     draining: AtomicBool,
 }
 
@@ -80,6 +88,7 @@ impl AppState {
             metrics: metrics.clone(),
             heartbeat: limits.heartbeat,
         });
+        let addresses = limits.max_connections_per_ip.map(client::AddressSlots::new);
         AppState {
             backend,
             metrics,
@@ -87,8 +96,17 @@ impl AppState {
             stream_settings,
             auth: None,
             statics: StaticSite::BuiltIn,
+            addresses,
+            trusted_proxies: client::TrustedProxies::default(),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Believes the forwarding headers of peers in these ranges (`--trusted-proxy`).
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, trusted: client::TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
     }
 
     /// Serves these static files (the built-in ones by default).

@@ -281,6 +281,7 @@ mod tests {
             max_event_size: 20,
             max_body_size: 1024,
             max_connections: 10,
+            max_connections_per_ip: None,
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
             send_timeout: Duration::from_secs(60),

@@ -39,8 +39,8 @@ const INITIAL_HEAD_BUFFER: usize = 1024;
 const MAX_HEAD: usize = super::MAX_CONNECTION_BUFFER;
 /// Header fields in one request head, as hyper's default; more is answered 431.
 const MAX_HEADERS: usize = 100;
-/// How an HTTP/2 connection with prior knowledge starts: not HTTP/1, not for the front to refuse.
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+/// How an HTTP/2 connection with prior knowledge starts (RFC 9113, 3.4): handed to hyper's HTTP/2 server.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads of unexpected client bytes per wake-up while streaming; bounds the work a chatty client causes.
 const MAX_DISCARD_READS: usize = 16;
 
@@ -51,6 +51,8 @@ pub(crate) enum Sniffed {
     Events(Request<Empty<Bytes>>),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),
+    /// The HTTP/2 preface: hyper's HTTP/2 server serves the connection, starting with these bytes.
+    Http2(Bytes),
     /// A head that cannot be served (malformed, or too large): answered with this error and closed.
     Refused(Error),
     /// The peer closed, failed or timed out before sending a complete head.
@@ -61,6 +63,7 @@ pub(crate) enum Sniffed {
 pub(crate) enum Parsed {
     Events(Request<Empty<Bytes>>),
     Other,
+    Http2,
     Bad(Error),
     Partial,
 }
@@ -80,6 +83,7 @@ pub(crate) async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Snif
         match parse_head(&buf) {
             Parsed::Events(request) => return Sniffed::Events(request),
             Parsed::Other => return Sniffed::Other(buf.freeze()),
+            Parsed::Http2 => return Sniffed::Http2(buf.freeze()),
             Parsed::Bad(error) => return Sniffed::Refused(error),
             Parsed::Partial if buf.len() >= MAX_HEAD => return Sniffed::Refused(too_large(&buf)),
             Parsed::Partial => buf.reserve(buf.len().min(MAX_HEAD)),
@@ -97,15 +101,21 @@ pub(crate) fn too_large(buf: &[u8]) -> Error {
     }
 }
 
-/// Parses a head; only a body-less `GET /events` becomes a request. A head that is not HTTP/1 is refused
-/// (400, or 431 with too many header fields), except the start of HTTP/2 with prior knowledge.
+/// Parses a head; only a body-less `GET /events` becomes a request. The HTTP/2 preface is told apart
+/// first (waiting for all of its 24 bytes); any other head that is not HTTP/1 is refused (400, or 431 with
+/// too many header fields).
 pub(crate) fn parse_head(buf: &[u8]) -> Parsed {
+    if buf.starts_with(H2_PREFACE) {
+        return Parsed::Http2;
+    }
+    if H2_PREFACE.starts_with(buf) {
+        return Parsed::Partial;
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) if buf.starts_with(H2_PREFACE_START) => return Parsed::Other,
         Err(httparse::Error::TooManyHeaders) => return Parsed::Bad(Error::HeadTooLarge),
         Err(_) => return Parsed::Bad(Error::MalformedHead),
     }
@@ -373,11 +383,24 @@ mod tests {
             b"GET /metrics HTTP/1.1\r\n\r\n",
             b"GET /eventsx HTTP/1.1\r\n\r\n",
             b"GET /events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
             assert!(matches!(parse_head(other), Parsed::Other));
         }
         assert!(matches!(parse_head(b"GET /events HTTP/1.1\r\nHost"), Parsed::Partial));
+    }
+
+    /// The HTTP/2 preface goes to hyper's HTTP/2 server, however it is split across reads; a head that only
+    /// starts like it is HTTP/1's to judge.
+    #[test]
+    fn the_http2_preface_is_told_apart() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00";
+        assert!(matches!(parse_head(preface), Parsed::Http2));
+        assert!(matches!(parse_head(&preface[..24]), Parsed::Http2));
+        for cut in 1..24 {
+            assert!(matches!(parse_head(&preface[..cut]), Parsed::Partial), "{cut} bytes");
+        }
+        assert!(matches!(parse_head(b"PRI * HTTP/1.1\r\n\r\n"), Parsed::Other), "an HTTP/1.1 request for hyper");
+        assert!(matches!(parse_head(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Parsed::Bad(Error::MalformedHead)));
     }
 
     #[test]

@@ -1,4 +1,9 @@
-//! The accept loop, per-connection HTTP/1 serving, and graceful shutdown.
+//! The accept loop, per-connection serving (HTTP/1, HTTP/2, TLS), and graceful shutdown.
+//!
+//! Each accepted connection is sniffed: a first request of `GET /events` over cleartext HTTP/1 goes to the
+//! event-stream front (`front`), a connection that opens with the HTTP/2 preface to hyper's HTTP/2 server
+//! (`h2`), anything else to hyper's HTTP/1 server. With `--tls-cert` every connection first completes a
+//! TLS handshake (`tls`) and is then served by hyper, HTTP/2 or HTTP/1.1 as ALPN chose.
 //!
 //! Shutdown, in order: mark the node draining (`/readyz`, new streams and new publishes 503 `shutting_down`)
 //! and close the hub, which ends every open event stream cleanly after what it has queued; ask every
@@ -13,12 +18,15 @@ use std::time::Duration;
 
 mod deadline;
 pub(crate) mod front;
+mod h2;
 mod json_errors;
 mod rewind;
+mod tls;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,8 +37,11 @@ use self::deadline::{Serving, WriteDeadline};
 use self::front::Sniffed;
 use self::json_errors::JsonErrors;
 use self::rewind::Rewind;
+use self::tls::Tls;
+pub use self::tls::TlsFiles;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
+use crate::http::client::{Peer, TrustedProxies};
 use crate::http::{App, AppState, Limits, ResponseBody};
 use crate::metrics::Metrics;
 
@@ -127,22 +138,33 @@ pub async fn serve(
         max_event_size: config.max_event_size,
         max_body_size: config.max_body_size,
         max_connections: config.effective_max_connections(),
+        max_connections_per_ip: config.max_connections_per_ip,
         heartbeat: config.heartbeat,
         retry_ms: config.retry,
         send_timeout: config.send_timeout,
         request_timeout: config.request_timeout,
     };
+    let tls = config.tls()?.map(Tls::new).transpose()?;
+    if let Some(tls) = &tls {
+        tls.reload_on_sighup();
+    }
     let addr = listener.local_addr()?;
     wait_ready(backend.as_ref()).await;
     tracing::info!(
         %addr,
         backend = %backend.name(),
         auth = %if config.auth_enabled() { "on" } else { "off" },
+        tls = %if tls.is_some() { "on" } else { "off" },
         max_connections = limits.max_connections,
         "herald listening{}",
         if config.auth_enabled() { "" } else { " (open mode: anyone who can reach this address may subscribe and publish)" }
     );
-    let state = Arc::new(AppState::new(backend, metrics, limits).with_auth(auth).with_static_site(statics));
+    let state = Arc::new(
+        AppState::new(backend, metrics, limits)
+            .with_auth(auth)
+            .with_static_site(statics)
+            .with_trusted_proxies(TrustedProxies::new(config.trusted_proxy.clone())),
+    );
     let service = ServiceBuilder::new().option_layer(cors_layer(&config.cors_origin)).service(App::new(state.clone()));
 
     let tracker = TaskTracker::new();
@@ -151,14 +173,17 @@ pub async fn serve(
     http.timer(TokioTimer::new()).max_buf_size(MAX_CONNECTION_BUFFER).header_read_timeout(Some(config.request_timeout));
     let conns = Arc::new(Connections {
         http,
+        h2: h2::builder(config.h2_max_streams, config.send_timeout, state.metrics.clone()),
+        tls,
         request_timeout: config.request_timeout,
         send_timeout: config.send_timeout,
         metrics: state.metrics.clone(),
     });
 
     tokio::pin!(shutdown);
-    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream| {
-        let task = serve_connection(conns.clone(), stream, service.clone(), closing.clone(), tracker.clone());
+    let spawn_on = |conns: &Arc<Connections>, tracker: &TaskTracker, closing: &CancellationToken, stream, peer| {
+        let task =
+            serve_connection(conns.clone(), stream, Peer(peer), service.clone(), closing.clone(), tracker.clone());
         tracker.spawn(task);
     };
     loop {
@@ -166,7 +191,7 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_on(&conns, &tracker, &closing, stream),
+                Ok((stream, peer)) => spawn_on(&conns, &tracker, &closing, stream, peer),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -190,7 +215,7 @@ pub async fn serve(
             () = tracker.wait() => break true,
             () = tokio::time::sleep_until(deadline) => break false,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn_on(&late_conns, &late, &late_closing, stream),
+                Ok((stream, peer)) => spawn_on(&late_conns, &late, &late_closing, stream, peer),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -220,6 +245,10 @@ type Service = tower::util::Either<tower_http::cors::Cors<App>, App>;
 struct Connections {
     /// hyper's HTTP/1 settings.
     http: http1::Builder,
+    /// hyper's HTTP/2 settings.
+    h2: http2::Builder<h2::StreamTasks>,
+    /// With `--tls-cert`: every connection is TLS.
+    tls: Option<Tls>,
     /// Time a client has to send a request head (`--request-timeout`).
     request_timeout: Duration,
     /// Time a write may wait for the client to accept bytes (`--send-timeout`): see [`deadline`].
@@ -236,15 +265,21 @@ impl Connections {
 }
 
 /// Serves one accepted connection: a first request of `GET /events` is taken by the event-stream front,
-/// anything else by hyper.
+/// a connection that opens with the HTTP/2 preface by hyper's HTTP/2 server, anything else by hyper's
+/// HTTP/1 server. With TLS, hyper serves what ALPN chose. Every request carries the connection's [`Peer`]
+/// in its extensions.
 async fn serve_connection(
     conns: Arc<Connections>,
     mut stream: TcpStream,
+    peer: Peer,
     service: Service,
     closing: CancellationToken,
     tracker: TaskTracker,
 ) {
     let _ = stream.set_nodelay(true);
+    if conns.tls.is_some() {
+        return Box::pin(serve_tls(conns, stream, peer, service, closing)).await;
+    }
     // Reading the head is boxed so that its buffers and timer do not size the long-lived task.
     let sniffed = Box::pin(async {
         tokio::select! {
@@ -254,7 +289,8 @@ async fn serve_connection(
     })
     .await;
     let prefix = match sniffed {
-        Sniffed::Events(request) => {
+        Sniffed::Events(mut request) => {
+            request.extensions_mut().insert(peer);
             // The stream continues in a task of its own whose future is only the small pump, not this
             // function's larger state.
             if let Some(ready) = front::respond(request, service).await {
@@ -264,6 +300,9 @@ async fn serve_connection(
             return;
         }
         Sniffed::Other(prefix) => prefix,
+        Sniffed::Http2(prefix) => {
+            return Box::pin(h2::serve(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
+        }
         Sniffed::Refused(error) => {
             return Box::pin(front::refuse(conns.deadline(stream, Serving::Response), error)).await;
         }
@@ -271,18 +310,43 @@ async fn serve_connection(
     };
     // Boxed: hyper's connection future is large, and unboxed it would size every connection's task,
     // event streams included.
-    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), service, closing)).await;
+    Box::pin(serve_with_hyper(conns, Rewind::new(prefix, stream), peer, service, closing)).await;
+}
+
+/// Completes the TLS handshake (within `--request-timeout`) and serves the connection with hyper:
+/// HTTP/2 when the client chose `h2` by ALPN, else HTTP/1.1 (the event-stream front serves cleartext
+/// only; over TLS, the TLS buffers outweigh what it saves).
+async fn serve_tls(
+    conns: Arc<Connections>,
+    stream: TcpStream,
+    peer: Peer,
+    service: Service,
+    closing: CancellationToken,
+) {
+    let Some(tls) = &conns.tls else { return };
+    let handshake = tokio::time::timeout(conns.request_timeout, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(cause = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!("TLS handshake timed out"),
+        },
+        () = closing.cancelled() => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+        h2::serve(conns, stream, peer, service, closing).await;
+    } else {
+        serve_with_hyper(conns, stream, peer, service, closing).await;
+    }
 }
 
 /// Serves a connection with hyper. Its I/O carries the send timeout like the front's, and a response that
 /// is an event stream marks the connection as streaming, so that a stall is counted as a stream's. The
 /// answers hyper gives by itself to heads it cannot parse are made JSON ([`json_errors`]).
-async fn serve_with_hyper(
-    conns: Arc<Connections>,
-    io: Rewind<TcpStream>,
-    service: Service,
-    closing: CancellationToken,
-) {
+async fn serve_with_hyper<T>(conns: Arc<Connections>, io: T, peer: Peer, service: Service, closing: CancellationToken)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let streaming = Arc::new(AtomicBool::new(false));
     let io = conns.deadline(io, Serving::Flag(streaming.clone()));
     let service = ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(service, move |response| {
@@ -290,6 +354,10 @@ async fn serve_with_hyper(
             streaming.store(true, Ordering::Relaxed);
         }
         response
+    })
+    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(peer);
+        request
     });
     let io = JsonErrors::new(io);
     let connection = conns.http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
@@ -326,6 +394,7 @@ mod tests {
             max_event_size: 16,
             max_body_size: 16,
             max_connections: 4,
+            max_connections_per_ip: None,
             heartbeat: Duration::from_secs(15),
             retry_ms: 3000,
             send_timeout: Duration::from_secs(60),
@@ -337,6 +406,8 @@ mod tests {
         let ready = front::respond(request, service).await.expect("response");
         let conns = Connections {
             http: http1::Builder::new(),
+            h2: h2::builder(8, Duration::from_secs(60), Arc::default()),
+            tls: None,
             request_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
             metrics: Arc::default(),

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+pub mod h2;
+pub mod proxy;
+pub mod scratch;
+
 /// Bound for one plain HTTP exchange (connect, write, read the whole response).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound for the server to print its start-up line.
@@ -698,6 +702,15 @@ impl HttpConn {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> std::io::Result<HttpConn> {
         let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn { stream, buf: Vec::new(), state: BodyState::Done })
+    }
+
+    /// Connects from the loopback source address `source` (127.0.0.2, say: another client).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> std::io::Result<HttpConn> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(HttpConn { stream, buf: Vec::new(), state: BodyState::Done })
     }
