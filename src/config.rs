@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::auth::{Auth, AuthSettings};
+use crate::backend::redis::SentinelUrl;
 
 /// Herald: real-time notifications over Server-Sent Events, with resumable history.
 #[derive(Debug, Clone, Parser)]
@@ -22,10 +23,24 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen, global = true)]
     pub listen: SocketAddr,
 
-    /// Use Redis as the backend (redis://host:port[/db], or rediss:// for TLS); without it, the in-memory
-    /// backend.
+    /// Use Redis as the backend (redis://host:port[/db], rediss:// for TLS, or
+    /// redis+sentinel://host:port[,host:port…]/master[/db] to follow the primary the Sentinels name, with
+    /// the servers' password as in redis:// URLs); without it, the in-memory backend.
     #[arg(long, env = "HERALD_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+
+    /// Password of the Sentinels of a redis+sentinel:// URL (the URL's password is the Redis servers').
+    #[arg(long, env = "HERALD_REDIS_SENTINEL_PASSWORD", hide_env_values = true, global = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Redis: a publish answers once this many replicas have acknowledged the event (WAIT); when fewer did
+    /// within --redis-wait-timeout it answers 200 with "replicated": false.
+    #[arg(long, env = "HERALD_REDIS_WAIT_REPLICAS", default_value_t = 0, global = true)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a publish waits for --redis-wait-replicas replicas, in milliseconds.
+    #[arg(long, env = "HERALD_REDIS_WAIT_TIMEOUT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), global = true)]
+    pub redis_wait_timeout: u64,
 
     /// PEM file of the certificate authority to trust for a rediss:// Redis (default: the system's roots).
     #[arg(long, env = "HERALD_REDIS_CA_CERT", global = true)]
@@ -172,8 +187,11 @@ pub enum ConfigError {
     )]
     OpenOnPublicAddress(SocketAddr),
     /// `--redis-url` is not a Redis URL.
-    #[error("--redis-url {0:?} is not a redis URL (redis://[:password@]host:port[/db])")]
-    BadRedisUrl(String),
+    #[error(
+        "--redis-url {0:?} is not a redis URL (redis://[:password@]host:port[/db], or \
+         redis+sentinel://[:password@]host:port[,host:port…]/master[/db]): {1}"
+    )]
+    BadRedisUrl(String, String),
     /// A limit that makes no sense with another.
     #[error("{0}")]
     Invalid(String),
@@ -214,9 +232,19 @@ impl Config {
             return Err(ConfigError::OpenOnPublicAddress(self.listen));
         }
         if let Some(url) = &self.redis_url {
-            if redis::Client::open(url.as_str()).is_err() {
-                return Err(ConfigError::BadRedisUrl(url.clone()));
-            }
+            crate::backend::redis::validate_url(url).map_err(|e| ConfigError::BadRedisUrl(url.clone(), e))?;
+        }
+        let sentinel = self.redis_url.as_deref().is_some_and(|u| u.starts_with(SentinelUrl::SCHEME));
+        if self.redis_sentinel_password.is_some() && !sentinel {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-sentinel-password applies to a {} --redis-url only",
+                SentinelUrl::SCHEME
+            )));
+        }
+        if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "--redis-wait-replicas applies to the Redis backend (--redis-url)".into(),
+            ));
         }
         if self.redis_ca_cert.is_some() {
             if !self.redis_url.as_deref().is_some_and(|u| u.starts_with("rediss://")) {

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub publishes_unsettled: AtomicU64,
     /// HTTP/2 connections open now (each carries any number of streams).
     pub http2_connections: AtomicU64,
+    /// Publishes answered before `--redis-wait-replicas` replicas acknowledged them (`"replicated": false`).
+    pub publishes_unreplicated: AtomicU64,
+    /// Publishes that repeated an `Idempotency-Key` and published nothing (`"duplicate": true`).
+    pub publishes_duplicate: AtomicU64,
+    /// Times the node moved to another Redis primary (a Sentinel failover).
+    pub backend_primary_changes: AtomicU64,
 }
 
 /// Gauges owned by the hub, sampled at scrape time.
@@ -201,6 +207,24 @@ impl Metrics {
             "herald_http2_connections_open",
             "HTTP/2 connections open now (their streams are in herald_connections_open).",
             self.http2_connections.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "herald_backend_publishes_unreplicated_total",
+            "Publishes answered before --redis-wait-replicas replicas acknowledged them.",
+            &self.publishes_unreplicated,
+        );
+        counter(
+            &mut out,
+            "herald_publishes_duplicate_total",
+            "Publishes that repeated an Idempotency-Key and published nothing.",
+            &self.publishes_duplicate,
+        );
+        counter(
+            &mut out,
+            "herald_backend_primary_changes_total",
+            "Times this node moved to another Redis primary (a Sentinel failover).",
+            &self.backend_primary_changes,
         );
         out
     }

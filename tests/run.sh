@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Herald's test command (the README's second command; .ci/run calls it too). On a Debian machine with only
-# the Rust toolchain it first installs what the tests need and is missing — redis-server (the Redis half of
-# the suite starts its own servers), Chromium and Node.js (the real-browser tests), nginx, HAProxy and Caddy
-# (tests/proxies.rs runs each in front of Herald), the pinned node packages of tests/browser — then runs
-# `cargo test` with any arguments given.
+# the Rust toolchain it first installs what the tests need and is missing — redis-server and redis-sentinel
+# (the Redis half of the suite starts its own servers, and Sentinels for the failover tests), Chromium and
+# Node.js (the real-browser tests), nginx, HAProxy and Caddy (tests/proxies.rs runs each in front of Herald),
+# the pinned node packages of tests/browser — then runs `cargo test` with any arguments given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v chromium >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

@@ -26,7 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{judge_last_id, Backend, HistoryLimits, NewEvent, Replay, Reset};
+use super::idempotency::{Claim, KeyTable};
+use super::{judge_last_id, Backend, HistoryLimits, NewEvent, PublishOptions, Published, Replay, Reset};
 use crate::error::Error;
 use crate::hub::{Hub, Registration};
 use crate::id::{EventId, LastEventId};
@@ -45,6 +46,8 @@ pub struct MemoryBackend {
     max_bytes: usize,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    /// `Idempotency-Key`s used in the last ten minutes.
+    keys: KeyTable,
 }
 
 /// Hash buckets of [`State::forgotten`] (64 KiB of ids).
@@ -270,6 +273,7 @@ impl MemoryBackend {
             max_bytes: usize::MAX,
             metrics,
             state: Mutex::new(State::new()),
+            keys: KeyTable::default(),
         }
     }
 
@@ -331,6 +335,18 @@ impl Backend for MemoryBackend {
         self.metrics.history_bytes.store(state.held() as u64, std::sync::atomic::Ordering::Relaxed);
         self.hub.dispatch(&event);
         Ok(id)
+    }
+
+    async fn publish_with(&self, event: NewEvent, options: PublishOptions) -> Result<Published, Error> {
+        let Some(key) = &options.idempotency_key else { return self.publish(event).await.map(Published::new) };
+        match self.keys.claim(key).await? {
+            Claim::Done(id) => Ok(Published { id, duplicate: true, replicated: None }),
+            Claim::Owner(owner) => {
+                let id = self.publish(event).await?;
+                owner.finish(id);
+                Ok(Published::new(id))
+            }
+        }
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<Registration, Error> {

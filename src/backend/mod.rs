@@ -15,9 +15,11 @@ use crate::id::{EventId, LastEventId};
 use crate::sse::Event;
 use crate::topic::Topic;
 
+pub mod idempotency;
 pub mod memory;
 pub mod redis;
 
+pub use self::idempotency::IdempotencyKey;
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;
 
@@ -52,6 +54,32 @@ pub struct NewEvent {
     pub kind: Option<String>,
     /// The data text.
     pub data: String,
+}
+
+/// How `POST /publish` asks for an event to be published, beyond the event itself.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// `Idempotency-Key`: a repeat within ten minutes publishes nothing and gets the first id.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The event's id (for a duplicate, the first publish's).
+    pub id: EventId,
+    /// Nothing was published: the idempotency key was used already, by the publish of `id`.
+    pub duplicate: bool,
+    /// With `--redis-wait-replicas`: whether enough replicas acknowledged the event in time (`None` when
+    /// the backend does not wait).
+    pub replicated: Option<bool>,
+}
+
+impl Published {
+    /// A new event, nothing waited for.
+    pub fn new(id: EventId) -> Self {
+        Published { id, duplicate: false, replicated: None }
+    }
 }
 
 /// What a backend found in its history for a resuming client.
@@ -129,6 +157,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`Error::BackendUnavailable`] when nothing could be published.
     async fn publish(&self, event: NewEvent) -> Result<EventId, Error>;
+
+    /// Publishes as `POST /publish` asks: like [`Backend::publish`], honouring the options. By default
+    /// (a backend that knows no idempotency keys) a publish with a key is refused rather than made twice.
+    ///
+    /// # Errors
+    /// As [`Backend::publish`]; [`Error::BadRequest`] for a key the backend cannot honour.
+    async fn publish_with(&self, event: NewEvent, options: PublishOptions) -> Result<Published, Error> {
+        if options.idempotency_key.is_some() {
+            return Err(Error::BadRequest(format!("the {} backend does not take Idempotency-Key", self.name())));
+        }
+        self.publish(event).await.map(Published::new)
+    }
 
     /// Subscribes a connection to `topics`; once this returns, every event published later reaches the
     /// registration's mailbox.

@@ -2,7 +2,8 @@
 //!
 //! The data is sent as a JSON string, exactly as given (`-` reads it from stdin, to its end, unchanged: a
 //! trailing newline is part of the data). Any answer but `200` is a failure, printed with the server's error
-//! code and message. Nothing is retried: a publish is not idempotent.
+//! code and message. Nothing is retried; with `--idempotency-key` the caller may retry safely (the server
+//! publishes a key at most once in ten minutes and answers a repeat with the first id).
 
 use std::io::Read;
 use std::time::Duration;
@@ -40,6 +41,11 @@ pub struct PublishArgs {
     #[arg(long = "type", value_name = "TYPE", env = "HERALD_TYPE")]
     pub kind: Option<String>,
 
+    /// Sent as `Idempotency-Key`: running the command again with the same key (within ten minutes) publishes
+    /// nothing and prints the first publish's id. 1 to 128 visible ASCII characters (a UUID, say).
+    #[arg(long, value_name = "KEY", env = "HERALD_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
+
     /// The topics to publish to, comma-separated.
     #[arg(value_name = "TOPIC[,TOPIC…]")]
     pub topics: String,
@@ -59,9 +65,13 @@ pub(crate) async fn run(args: PublishArgs) -> Result<(), Failure> {
         body["type"] = kind.as_str().into();
     }
     body["data"] = data.into();
-    let request = endpoint
+    let mut request = endpoint
         .request(Method::POST, &endpoint.target(None), args.token.as_deref())
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("idempotency-key", key.as_str());
+    }
+    let request = request
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| Failure::usage(format!("cannot make the request: {e}")))?;
     let answer = tokio::time::timeout(PUBLISH_TIMEOUT, async {
@@ -84,6 +94,9 @@ pub(crate) async fn run(args: PublishArgs) -> Result<(), Failure> {
         return Err(Failure::failed(format!("the answer has no id: {answer}")));
     };
     println!("{id}");
+    if answer.get("duplicate").and_then(|v| v.as_bool()) == Some(true) {
+        eprintln!("herald publish: already published with this idempotency key; nothing was published again");
+    }
     // API.md's `--redis-wait-replicas`: published, but not known to be safe from a failover.
     if answer.get("replicated").and_then(|v| v.as_bool()) == Some(false) {
         eprintln!("herald publish: published, but fewer replicas than required acknowledged it in time");

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{form, require_method, AppState, Limits, RequestBody, ResponseBody};
-use crate::backend::NewEvent;
+use crate::backend::{IdempotencyKey, NewEvent, PublishOptions};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::topic::{validate_type, TopicSet};
@@ -244,7 +244,22 @@ pub(crate) fn parse_event(format: Format, body: &[u8], limits: &Limits) -> Resul
     Ok(NewEvent { topics, kind, data })
 }
 
-/// Handles `POST /publish`: `200 {"id": …}` once the event is stored and handed to live delivery.
+/// The `Idempotency-Key` header, checked.
+///
+/// # Errors
+/// [`Error::BadRequest`] for a malformed key, or for more than one.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<IdempotencyKey>, Error> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Error::BadRequest("more than one Idempotency-Key".into()));
+    }
+    IdempotencyKey::parse(value.as_bytes()).map(Some)
+}
+
+/// Handles `POST /publish`: `200 {"id": …}` once the event is stored and handed to live delivery; with
+/// `"duplicate": true` when an `Idempotency-Key` repeated a publish (nothing was published), and with
+/// `"replicated": false` when fewer than `--redis-wait-replicas` replicas acknowledged it in time.
 pub(super) async fn publish<B: RequestBody>(
     state: &AppState,
     req: Request<B>,
@@ -256,6 +271,7 @@ pub(super) async fn publish<B: RequestBody>(
         None => None,
     };
     let format = format_of(&req)?;
+    let idempotency_key = idempotency_key(req.headers())?;
     let body = tokio::time::timeout(state.limits.request_timeout, read_body(req, state.limits.max_body_size))
         .await
         .map_err(|_| Error::RequestTimeout)??;
@@ -263,9 +279,18 @@ pub(super) async fn publish<B: RequestBody>(
     if let Some(grant) = grant {
         grant.allow(&event.topics)?;
     }
-    let id = state.backend.publish(event).await?;
-    Metrics::inc(&state.metrics.events_published);
-    let mut response = Response::new(ResponseBody::full(serde_json::json!({ "id": id.to_string() }).to_string()));
+    let published = state.backend.publish_with(event, PublishOptions { idempotency_key }).await?;
+    let mut answer = serde_json::json!({ "id": published.id.to_string() });
+    if published.duplicate {
+        Metrics::inc(&state.metrics.publishes_duplicate);
+        answer["duplicate"] = true.into();
+    } else {
+        Metrics::inc(&state.metrics.events_published);
+    }
+    if published.replicated == Some(false) {
+        answer["replicated"] = false.into();
+    }
+    let mut response = Response::new(ResponseBody::full(answer.to_string()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
 }

@@ -39,6 +39,7 @@ use self::json_errors::JsonErrors;
 use self::rewind::Rewind;
 use self::tls::Tls;
 pub use self::tls::TlsFiles;
+use crate::backend::redis::RedisSettings;
 use crate::backend::{Backend, HistoryLimits, MemoryBackend, RedisBackend};
 use crate::config::Config;
 use crate::http::client::{Peer, TrustedProxies};
@@ -79,8 +80,14 @@ fn build_backend(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Back
     let queue = usize::try_from(config.queue_size).unwrap_or(usize::MAX);
     Ok(match &config.redis_url {
         Some(url) => {
-            let ca = config.redis_ca_pem().map_err(|e| e.to_string())?;
-            Arc::new(RedisBackend::connect(url, ca, history, queue, metrics.clone())?)
+            let settings = RedisSettings {
+                url: url.clone(),
+                ca_cert: config.redis_ca_pem().map_err(|e| e.to_string())?,
+                sentinel_password: config.redis_sentinel_password.clone(),
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: Duration::from_millis(config.redis_wait_timeout),
+            };
+            Arc::new(RedisBackend::connect(&settings, history, queue, metrics.clone())?)
         }
         None => Arc::new(
             MemoryBackend::new(history, queue, metrics.clone())

@@ -361,6 +361,8 @@ pub struct RedisServer {
     port: u16,
     /// A TLS port besides the plain one (which the test's own commands use).
     tls_port: Option<u16>,
+    /// More `redis-server` arguments (a replica's `--replicaof`, say).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -373,7 +375,7 @@ impl RedisServer {
         // A free port may be taken by someone else before redis-server binds it: try a few.
         let mut last_error = String::new();
         for _ in 0..5 {
-            let mut server = RedisServer { child: None, port: free_port(), tls_port: None };
+            let mut server = RedisServer { child: None, port: free_port(), tls_port: None, extra: Vec::new() };
             match server.try_restart() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
@@ -390,13 +392,59 @@ impl RedisServer {
     pub fn start_tls() -> RedisServer {
         let mut last_error = String::new();
         for _ in 0..5 {
-            let mut server = RedisServer { child: None, port: free_port(), tls_port: Some(free_port()) };
+            let mut server =
+                RedisServer { child: None, port: free_port(), tls_port: Some(free_port()), extra: Vec::new() };
             match server.try_restart() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
             }
         }
         panic!("{last_error}");
+    }
+
+    /// Like [`RedisServer::start`], with more `redis-server` arguments (kept across restarts).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let extra = extra.iter().map(|a| a.to_string()).collect();
+            let mut server = RedisServer { child: None, port: free_port(), tls_port: None, extra };
+            match server.try_restart() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("{last_error}");
+    }
+
+    /// A replica of `primary` (full sync at once: the primary should run with
+    /// `--repl-diskless-sync-delay 0`), waited for until its link to the primary is up.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`], or when the replica is not in sync within [`START_TIMEOUT`].
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port, "--repl-diskless-sync-delay", "0"]);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !replica.command(&["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "replica on {} not in sync within {START_TIMEOUT:?}", replica.port());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    /// The process id (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`...) via `kill`.
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
     }
 
     /// `rediss://127.0.0.1:TLS_PORT`, for a server from [`RedisServer::start_tls`].
@@ -440,6 +488,10 @@ impl RedisServer {
         let port = self.port.to_string();
         let mut args: Vec<String> =
             ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from).to_vec();
+        // A replica's full sync goes through an RDB file: keep it out of the working directory.
+        let dir = std::env::temp_dir().display().to_string();
+        args.extend(["--dir".to_string(), dir, "--dbfilename".to_string(), self.rdb_name()]);
+        args.extend(self.extra.iter().cloned());
         if let Some(tls_port) = self.tls_port {
             let dir = format!("{}/tests/fixtures/redis-tls", env!("CARGO_MANIFEST_DIR"));
             args.extend([
@@ -493,22 +545,17 @@ impl RedisServer {
         }
     }
 
+    /// The RDB file name of this server (in the temporary directory; see `try_restart`).
+    fn rdb_name(&self) -> String {
+        format!("herald-test-{}-{}.rdb", std::process::id(), self.port)
+    }
+
     /// Sends one command and returns the raw RESP reply (for simple replies: `+OK\r\n`, `:1\r\n`...).
     ///
     /// # Errors
     /// Connection or I/O failure.
     pub fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        stream.write_all(req.as_bytes())?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = stream.read(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        redis_command(self.port, args)
     }
 
     /// Sends one command.
@@ -525,7 +572,154 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_file(std::env::temp_dir().join(self.rdb_name()));
     }
+}
+
+/// Sends one command to the Redis (or Sentinel) on `127.0.0.1:port` and returns the raw RESP reply.
+///
+/// # Errors
+/// Connection or I/O failure.
+pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(req.as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A `redis-sentinel` child process on a free port, monitoring one primary as `herald` with a quorum of
+/// 2, with short timeouts (a primary is down after `down_after` ms of silence); killed on drop, its
+/// configuration file (which Sentinel rewrites) removed.
+pub struct SentinelServer {
+    child: Option<Child>,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+impl SentinelServer {
+    /// The name the sentinels monitor the primary under.
+    pub const MASTER: &'static str = "herald";
+
+    /// Starts a Sentinel for the primary on `primary_port` and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// When `redis-sentinel` is not installed (Debian's `redis-sentinel` package) or does not answer
+    /// within [`START_TIMEOUT`].
+    pub fn start(primary_port: u16, down_after: Duration) -> SentinelServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = std::env::temp_dir().join(format!("herald-sentinel-{}-{port}.conf", std::process::id()));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {dir}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {name} {down}\n\
+                 sentinel failover-timeout {name} 10000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = std::env::temp_dir().display(),
+                name = Self::MASTER,
+                down = down_after.as_millis(),
+            );
+            std::fs::write(&config, text).expect("write the sentinel configuration");
+            let child = Command::new("redis-sentinel")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `redis-sentinel` ({e}): the failover tests need it on PATH \
+                         (Debian: apt-get install -y redis-sentinel)"
+                    )
+                });
+            let mut sentinel = SentinelServer { child: Some(child), port, config };
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Some(status) = sentinel.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    sentinel.child = None;
+                    last_error = format!("redis-sentinel on port {port} exited at start ({status})");
+                    break;
+                }
+                if let Ok(reply) = redis_command(port, &["ROLE"]) {
+                    if reply.contains("sentinel") {
+                        return sentinel;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    last_error = format!("redis-sentinel on port {port} did not answer within {START_TIMEOUT:?}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        panic!("{last_error}");
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A field of `SENTINEL MASTER herald` (`num-slaves`, `num-other-sentinels`, `flags`...).
+    pub fn master_field(&self, field: &str) -> Option<String> {
+        let reply = redis_command(self.port, &["SENTINEL", "MASTER", Self::MASTER]).ok()?;
+        let values: Vec<&str> = reply.split("\r\n").filter(|l| !l.is_empty() && !l.starts_with(['*', '$'])).collect();
+        let at = values.iter().position(|v| *v == field)?;
+        values.get(at + 1).map(|v| v.to_string())
+    }
+
+    /// Waits until this Sentinel knows `replicas` replicas of the primary and `others` other Sentinels
+    /// (they find each other through the primary within a few seconds): only then can they agree on a
+    /// failover.
+    ///
+    /// # Panics
+    /// When that takes longer than 20 s.
+    pub fn wait_until_monitoring(&self, replicas: usize, others: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let slaves = self.master_field("num-slaves").and_then(|v| v.parse::<usize>().ok());
+            let sentinels = self.master_field("num-other-sentinels").and_then(|v| v.parse::<usize>().ok());
+            if slaves == Some(replicas) && sentinels == Some(others) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sentinel on {} knows {slaves:?} replicas and {sentinels:?} other sentinels after 20 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `ip:port` this Sentinel names as the primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let reply = redis_command(self.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER]).ok()?;
+        reply.lines().filter(|l| !l.starts_with(['*', '$'])).nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,…/herald`.
+pub fn sentinel_url(sentinels: &[SentinelServer]) -> String {
+    let hosts: Vec<String> = sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+    format!("redis+sentinel://{}/{}", hosts.join(","), SentinelServer::MASTER)
 }
 
 /// A port nobody listens on now, below the kernel's ephemeral range (32768 and up by default), so
@@ -1531,4 +1725,117 @@ pub fn reset_payload(e: &SseEvent) -> (Vec<String>, String) {
         .unwrap_or_else(|| panic!("reset data without string reason: {v}"))
         .to_string();
     (topics, reason)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A subscriber that resumes, as the browser client does
+// ---------------------------------------------------------------------------------------------
+
+/// What a [`Resuming`] subscriber has received so far.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// Every event with an id, in the order received, across reconnections.
+    pub events: Vec<SseEvent>,
+    /// When each of `events` was received.
+    pub received_at: Vec<Instant>,
+    /// Each `herald.reset`: how many events had been received before it, its topics and its reason.
+    pub resets: Vec<(usize, Vec<String>, String)>,
+    /// Streams opened (the first one included) and refusals (non-200 answers, connection errors).
+    pub streams: usize,
+    /// Answers other than 200, and connection failures.
+    pub refusals: usize,
+}
+
+impl Seen {
+    /// The ids received, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.events.iter().map(|e| e.id().to_string()).collect()
+    }
+}
+
+/// A subscriber on one node that, like `herald.js`, reopens its stream whenever it ends or is refused
+/// (after 100 ms), resuming with the last id it received; it records everything in a [`Seen`]. Runs until
+/// dropped.
+pub struct Resuming {
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Resuming {
+    /// Starts it and waits until its first stream is open (200 asserted).
+    pub async fn start(addr: SocketAddr, topics: &[&str]) -> Resuming {
+        let path = events_path(topics, "");
+        let first = SseClient::open(addr, &path, &[]).await;
+        let seen = Arc::new(Mutex::new(Seen { streams: 1, ..Seen::default() }));
+        let task = tokio::spawn(Self::run(addr, path, first, seen.clone()));
+        Resuming { seen, task }
+    }
+
+    async fn run(addr: SocketAddr, path: String, first: SseClient, seen: Arc<Mutex<Seen>>) {
+        let mut client = Some(first);
+        let mut last: Option<String> = None;
+        loop {
+            if let Some(mut c) = client.take() {
+                while let Ok(Some(e)) = c.try_next_event(Duration::from_secs(3600)).await {
+                    let mut seen = seen.lock().expect("seen lock");
+                    if e.event.as_deref() == Some("herald.reset") {
+                        let (topics, reason) = reset_payload(&e);
+                        let at = seen.events.len();
+                        seen.resets.push((at, topics, reason));
+                    } else {
+                        last = Some(e.id().to_string());
+                        seen.events.push(e);
+                        seen.received_at.push(Instant::now());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let headers: Vec<(&str, &str)> = last.iter().map(|l| ("Last-Event-ID", l.as_str())).collect();
+            match SseClient::try_connect(addr, &path, &headers, None).await {
+                Ok(c) if c.status == 200 => {
+                    seen.lock().expect("seen lock").streams += 1;
+                    client = Some(c);
+                }
+                Ok(_) | Err(_) => seen.lock().expect("seen lock").refusals += 1,
+            }
+        }
+    }
+
+    /// What it has received so far.
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    /// Waits until it has received the event with id `id`; returns what it has seen then.
+    ///
+    /// # Panics
+    /// When `id` does not arrive within `timeout`.
+    pub async fn wait_for(&self, id: &str, timeout: Duration) -> Seen {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.seen();
+            if seen.events.iter().any(|e| e.id.as_deref() == Some(id)) {
+                return seen;
+            }
+            if Instant::now() >= deadline {
+                let ids = seen.ids();
+                panic!(
+                    "{id} not received within {timeout:?}; {} events, the last {:?}; resets {:?}; {} streams, {} \
+                     refusals",
+                    ids.len(),
+                    &ids[ids.len().saturating_sub(5)..],
+                    seen.resets,
+                    seen.streams,
+                    seen.refusals
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Resuming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

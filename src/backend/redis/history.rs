@@ -23,10 +23,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use tokio::sync::Semaphore;
 
+use super::primary::Primary;
 use super::scripts::{decode_entry, id_of, stream_key, EPOCH_KEY, LAST_ID_KEY};
 use super::COMMAND_TIMEOUT;
 use crate::id::EventId;
@@ -55,14 +55,15 @@ pub(super) const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `KEYS`: `herald:last-id`, `herald:epoch`, then the topics' stream keys; `ARGV[1]`: the history age limit
 /// in milliseconds (`0` for none): older entries are deleted first, as the publish script would have, so that
 /// a topic nobody publishes to still expires and reports it. Returns
-/// `[last-id or nil, epoch or nil, then per topic its max-deleted-entry-id ('0-0' for none)]`.
+/// `[last-id or nil, epoch or nil, Redis's clock as '<ms>-0', then per topic its max-deleted-entry-id ('0-0'
+/// for none)]`.
 pub(super) const SNAPSHOT: &str = r"
-local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), string.format('%d-0', now)}
 local ttl = tonumber(ARGV[1])
 local cutoff = nil
 if ttl > 0 then
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   cutoff = string.format('%d-0', math.max(0, now - ttl))
 end
 for i = 3, #KEYS do
@@ -133,6 +134,8 @@ pub(super) struct Snapshot {
     pub(super) last_issued: Option<EventId>,
     /// `herald:epoch`.
     pub(super) epoch: Option<EventId>,
+    /// Redis's clock at the snapshot, as the id `<ms>-0`.
+    pub(super) now: EventId,
     /// Each topic's `max-deleted-entry-id` (zero when none), in the order of the topics asked for.
     pub(super) deleted: Vec<EventId>,
 }
@@ -144,10 +147,11 @@ impl Snapshot {
     }
 }
 
-/// The node's history reads: their own connection, a bound on how many run at once, and the scripts.
+/// The node's history reads: their own connection (the primary's link's), a bound on how many run at once,
+/// and the scripts.
 #[derive(Debug)]
 pub(super) struct HistoryReader {
-    con: ConnectionManager,
+    primary: Arc<Primary>,
     reads: Semaphore,
     snapshot: Script,
     page: Script,
@@ -165,10 +169,10 @@ fn successor(id: EventId) -> Option<EventId> {
 }
 
 impl HistoryReader {
-    /// Reads over `con` (a connection of its own), expiring entries older than `ttl_ms` (0: none).
-    pub(super) fn new(con: ConnectionManager, ttl_ms: u64, metrics: Arc<Metrics>) -> Self {
+    /// Reads over the primary's reads connection, expiring entries older than `ttl_ms` (0: none).
+    pub(super) fn new(primary: Arc<Primary>, ttl_ms: u64, metrics: Arc<Metrics>) -> Self {
         HistoryReader {
-            con,
+            primary,
             reads: Semaphore::new(CONCURRENT_READS),
             snapshot: Script::new(SNAPSHOT),
             page: Script::new(PAGE),
@@ -191,11 +195,17 @@ impl HistoryReader {
         } else {
             None
         };
-        let mut con = self.con.clone();
+        let Some(link) = self.primary.link() else {
+            return Err(ReadError::Failed("redis: no primary known (failing over?)".into()));
+        };
+        let mut con = link.reads.clone();
         match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<Vec<Value>>(&mut con)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 Metrics::inc(&self.metrics.backend_errors);
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    self.primary.suspect();
+                }
                 Err(ReadError::Failed(format!("redis: {e}")))
             }
             Err(_) => {
@@ -217,7 +227,8 @@ impl HistoryReader {
         Ok(Snapshot {
             last_issued: reply.first().and_then(id_of),
             epoch: reply.get(1).and_then(id_of),
-            deleted: (0..topics.len()).map(|i| reply.get(2 + i).and_then(id_of).unwrap_or(EventId::ZERO)).collect(),
+            now: reply.get(2).and_then(id_of).unwrap_or(EventId::ZERO),
+            deleted: (0..topics.len()).map(|i| reply.get(3 + i).and_then(id_of).unwrap_or(EventId::ZERO)).collect(),
         })
     }
 

@@ -30,20 +30,28 @@ pub(super) fn channel(topic: &str) -> String {
 ///
 /// `KEYS`: `herald:last-id`, `herald:epoch`, then `herald:stream:{topic}` for each topic.
 /// `ARGV`: history size, history age limit in milliseconds (`0` for none), type (`""` for none), data, a
-/// floor id (`0-0` for none), then the topics in the order of their stream keys, then optionally a nonce.
-/// Returns the id.
+/// floor id (`0-0` for none), then the topics in the order of their stream keys, then optionally a nonce
+/// (`""` for none), then optionally an idempotency key. Returns the id; for a repeated idempotency key,
+/// `[first id, "duplicate"]` and nothing is published.
 ///
 /// The nonce (Herald always sends one; other publishers may leave it out) makes a publish whose reply was
 /// lost decidable, see [`SETTLE`]: it is stored as each entry's `nonce` field, and the script refuses to
 /// run (`HERALD_CANCELLED`) once `herald:cancel:{nonce}` exists.
 ///
+/// The idempotency key is remembered as `herald:idempotency:{key}` (the id, for ten minutes); a publish
+/// that finds it publishes nothing and returns that id. Finding it, the script rewrites it (same value,
+/// same expiry): a write, so that a `WAIT` after a repeat tells whether the first publish has reached the
+/// replicas (they apply writes in order).
+///
 /// The id follows `max(herald:last-id, floor)` as `EventId::next` does, with Redis's `TIME` as the clock.
 /// When `herald:last-id` is missing (a new or emptied Redis), the newest entry of each stream counts too,
-/// so that `XADD` can never be refused, and the id is recorded as `herald:epoch`. Nothing is written before
-/// every check has passed, so the script is all or nothing. Trimming deletes the oldest entries with
-/// `XDEL` rather than `XADD MAXLEN`, because only `XDEL` records `max-deleted-entry-id`, which tells a
-/// resuming client that events after its id were trimmed. With an age limit, entries older than it are
-/// deleted the same way.
+/// so that `XADD` can never be refused, and the id is recorded as `herald:epoch`. It is recorded there
+/// too when the floor is above `herald:last-id`: the node has seen ids this Redis never issued, so this
+/// Redis lost events (a failover with asynchronous replication), and history before this id is not
+/// complete. Nothing is written before every check has passed, so the script is all or nothing. Trimming
+/// deletes the oldest entries with `XDEL` rather than `XADD MAXLEN`, because only `XDEL` records
+/// `max-deleted-entry-id`, which tells a resuming client that events after its id were trimmed. With an
+/// age limit, entries older than it are deleted the same way.
 pub(super) const PUBLISH: &str = r"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -51,14 +59,26 @@ local function parse(id)
 end
 local n = #KEYS - 2
 local nonce = ARGV[6 + n]
+if nonce == '' then nonce = nil end
+local idem = ARGV[7 + n]
+if idem == '' then idem = nil end
+if idem then idem = 'herald:idempotency:' .. idem end
 if nonce and redis.call('EXISTS', 'herald:cancel:' .. nonce) == 1 then
   return redis.error_reply('HERALD_CANCELLED this publish was settled as not published')
 end
+if idem then
+  local first = redis.call('GET', idem)
+  if first then
+    redis.call('SET', idem, first, 'KEEPTTL')
+    return {first, 'duplicate'}
+  end
+end
 local ms, seq = parse(ARGV[5])
 local last = redis.call('GET', KEYS[1])
+local lost = false
 if last then
   local lms, lseq = parse(last)
-  if lms > ms or (lms == ms and lseq > seq) then ms, seq = lms, lseq end
+  if lms > ms or (lms == ms and lseq >= seq) then ms, seq = lms, lseq else lost = true end
 else
   for i = 3, #KEYS do
     local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
@@ -72,7 +92,7 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if now > ms then ms, seq = now, 0 else seq = seq + 1 end
 local id = string.format('%d-%d', ms, seq)
-if not last then redis.call('SET', KEYS[2], id) end
+if lost or not last then redis.call('SET', KEYS[2], id) end
 redis.call('SET', KEYS[1], id)
 local topics = {}
 for i = 1, n do topics[i] = ARGV[5 + i] end
@@ -99,6 +119,7 @@ for i = 1, n do
     end
   end
 end
+if idem then redis.call('SET', idem, id, 'PX', 600000) end
 local kind = cjson.null
 if ARGV[3] ~= '' then kind = ARGV[3] end
 local message = cjson.encode({id = id, topics = topics, type = kind, data = ARGV[4]})
@@ -106,6 +127,31 @@ for i = 1, n do
   redis.call('PUBLISH', 'herald:channel:' .. topics[i], message)
 end
 return id
+";
+
+/// Records in Redis that it lost events a node has seen: run by each node when its pub/sub connection
+/// (re)connects, before it catches up.
+///
+/// `KEYS`: `herald:last-id`, `herald:epoch`; `ARGV[1]`: the newest id the node has seen. When
+/// `herald:last-id` exists but is older than that id, this Redis never got some events that were issued
+/// (a replica promoted before it received them): `herald:last-id` is raised to the node's id, so that ids
+/// keep rising past it on every node, and `herald:epoch` to the id after it, so that every client resuming
+/// from before is told (`herald.reset`, `history_lost`) instead of silently missing what was lost. Returns
+/// 1 when it did so, else 0. (A missing `herald:last-id` is left to the publish script, which records the
+/// epoch at the next publish; nodes judge that case by themselves meanwhile.)
+pub(super) const REPAIR: &str = r"
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local last = redis.call('GET', KEYS[1])
+if not last then return 0 end
+local lms, lseq = parse(last)
+local fms, fseq = parse(ARGV[1])
+if not fms or fms < lms or (fms == lms and fseq <= lseq) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], string.format('%d-%d', fms, fseq + 1))
+return 1
 ";
 
 /// Decides a publish whose reply never came (a timeout, a dropped connection): was it published or not?
