@@ -63,9 +63,11 @@ impl FromStr for EventId {
     }
 }
 
-/// Parses a non-empty run of ASCII digits (`u64::from_str` alone would also take a leading `+`).
+/// Parses a number as [`EventId`]'s `Display` writes it: ASCII digits, no leading zero but in `0` itself
+/// (`u64::from_str` alone would also take a leading `+` and leading zeros), so that an accepted id is one
+/// Herald could have written and reads back as the same text.
 fn parse_digits(s: &str) -> Result<u64, MalformedId> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
         return Err(MalformedId);
     }
     s.parse().map_err(|_| MalformedId)
@@ -81,9 +83,9 @@ pub enum LastEventId {
 }
 
 impl LastEventId {
-    /// Reads a `Last-Event-ID` value; surrounding whitespace is ignored.
+    /// Reads a `Last-Event-ID` value; surrounding ASCII whitespace is ignored.
     pub fn parse(s: &str) -> Self {
-        match s.trim().parse() {
+        match s.trim_ascii().parse() {
             Ok(id) => LastEventId::Id(id),
             Err(MalformedId) => LastEventId::Malformed,
         }
@@ -110,6 +112,23 @@ mod tests {
         }
         assert_eq!(LastEventId::parse("garbage"), LastEventId::Malformed);
         assert_eq!(LastEventId::parse(" 5-6 "), LastEventId::Id(EventId::new(5, 6)));
+    }
+
+    /// Found by the `last_event_id` fuzz target and its round-trip check: an id with leading zeros (`01-2`) was taken as the id it
+    /// spells (`1-2`), so a client could resume from an id Herald never issued without being told (API.md:
+    /// such an id opens the stream with `herald.reset`), and it did not read back as the text sent; and
+    /// Unicode whitespace around a value (`0-0\u{b}`, `\u{a0}1-2`) was ignored, where only ASCII
+    /// whitespace is.
+    #[test]
+    fn only_ids_written_as_herald_writes_them() {
+        for s in ["01-2", "1-02", "00-0", "0-00", "0-0\u{b}", "\u{a0}1-2", "1-2\u{3000}"] {
+            assert_eq!(LastEventId::parse(s), LastEventId::Malformed, "{s:?}");
+        }
+        for s in ["01-2", "1-02", "00-0"] {
+            assert!(s.parse::<EventId>().is_err(), "{s:?}");
+        }
+        assert_eq!(LastEventId::parse("\t0-0 \r\n"), LastEventId::Id(EventId::ZERO));
+        assert_eq!(LastEventId::parse("10-20"), LastEventId::Id(EventId::new(10, 20)));
     }
 
     #[test]

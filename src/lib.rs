@@ -17,6 +17,7 @@
 //! - [`sse`]: events encoded once into shared bytes.
 //! - [`id`], [`topic`]: ids, topics and types.
 //! - [`metrics`]: counters for `/metrics`.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `tests/fuzz/`.
 //!
 //! ## The path of one event
 //! `POST /publish` → [`backend::Backend::publish`] (id made, stored in each topic's history, encoded once
@@ -29,6 +30,8 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod id;

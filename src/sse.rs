@@ -296,69 +296,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A parser written from the WHATWG "event stream interpretation" algorithm, for checking the encoder.
-    #[derive(Debug, Default, PartialEq)]
-    struct Parsed {
-        id: Option<String>,
-        kind: Option<String>,
-        data: String,
-        retry: Option<u64>,
-        /// The last `topics:` field of the event's block (a field the standard ignores; tagged streams).
-        topics: Option<String>,
-    }
-
-    fn parse(stream: &str) -> Vec<Parsed> {
-        let mut events = Vec::new();
-        let (mut data, mut kind, mut id, mut retry, mut topics) = (String::new(), String::new(), None, None, None);
-        let mut lines = Vec::new();
-        let mut rest = stream;
-        while let Some(pos) = rest.find(['\r', '\n']) {
-            lines.push(&rest[..pos]);
-            let skip = if rest[pos..].starts_with("\r\n") { 2 } else { 1 };
-            rest = &rest[pos + skip..];
-        }
-        for line in lines {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    data.pop();
-                    events.push(Parsed {
-                        id: id.clone(),
-                        kind: (!kind.is_empty()).then(|| kind.clone()),
-                        data: std::mem::take(&mut data),
-                        retry: retry.take(),
-                        topics: topics.take(),
-                    });
-                }
-                data.clear();
-                kind.clear();
-                topics = None;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line, ""),
-            };
-            match field {
-                "data" => {
-                    data.push_str(value);
-                    data.push('\n');
-                }
-                "event" => kind = value.to_owned(),
-                "id" if !value.contains('\0') => id = Some(value.to_owned()),
-                "retry" => retry = value.parse().ok(),
-                "topics" => topics = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-        events
-    }
-
-    fn normalise(data: &str) -> String {
-        data.replace("\r\n", "\n").replace('\r', "\n")
-    }
+    use crate::fuzzing::event_stream::{normalise_line_ends as normalise, parse, ParsedEvent as Parsed};
 
     fn roundtrip(data: &str) -> Vec<Parsed> {
         let frame = encode(Some("7-1"), Some("t"), data);

@@ -53,7 +53,7 @@ pub(crate) fn parse_query(
     let from_header = headers
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .filter(|v| !v.trim().is_empty());
+        .filter(|v| !v.trim_ascii().is_empty());
     let from_query = from_query.map(|v| String::from_utf8_lossy(&v).into_owned());
     let last_event_id = from_header.or(from_query).map(|v| LastEventId::parse(&v));
     Ok(SubscribeQuery { topics, last_event_id, tag_topics })

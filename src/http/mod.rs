@@ -24,10 +24,10 @@ use crate::metrics::Metrics;
 pub mod body;
 pub mod client;
 mod error_response;
-mod events;
+pub(crate) mod events;
 mod form;
 mod ops;
-mod publish;
+pub(crate) mod publish;
 mod static_files;
 
 pub use body::ResponseBody;

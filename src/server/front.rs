@@ -60,7 +60,7 @@ pub(crate) enum Sniffed {
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived, and the large variant is the common one
-enum Parsed {
+pub(crate) enum Parsed {
     Events(Request<Empty<Bytes>>),
     Other,
     Http2,
@@ -93,7 +93,7 @@ pub(crate) async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Snif
 
 /// Why a head that did not fit in [`MAX_HEAD`] is refused: its request line alone did not fit (414), or
 /// its header fields did not (431).
-fn too_large(buf: &[u8]) -> Error {
+pub(crate) fn too_large(buf: &[u8]) -> Error {
     if memchr::memchr(b'\n', buf).is_none() {
         Error::UriTooLong
     } else {
@@ -104,7 +104,7 @@ fn too_large(buf: &[u8]) -> Error {
 /// Parses a head; only a body-less `GET /events` becomes a request. The HTTP/2 preface is told apart
 /// first (waiting for all of its 24 bytes); any other head that is not HTTP/1 is refused (400, or 431 with
 /// too many header fields).
-fn parse_head(buf: &[u8]) -> Parsed {
+pub(crate) fn parse_head(buf: &[u8]) -> Parsed {
     if buf.starts_with(H2_PREFACE) {
         return Parsed::Http2;
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod deadline;
-mod front;
+pub(crate) mod front;
 mod h2;
 mod json_errors;
 mod rewind;

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::history::{HistoryReader, ReadError};
 use super::primary::{Link, Primary, ROLE_CHECK_INTERVAL, SENTINEL_POLL_INTERVAL};
-use super::scripts::{channel, checked_event, id_of, Message, EPOCH_KEY, LAST_ID_KEY, REPAIR};
+use super::scripts::{channel, id_of, Message, Unreadable, EPOCH_KEY, LAST_ID_KEY, REPAIR};
 use super::COMMAND_TIMEOUT;
 use crate::hub::Hub;
 use crate::id::EventId;
@@ -419,27 +419,26 @@ impl Feed {
     }
 
     /// Decodes a pub/sub message and dispatches it unless it was already dispatched. A message that is not a
-    /// valid event (see [`checked_event`]) is dropped and counted; its id, if well-formed, still counts as
+    /// valid event (see [`Message::event`]) is dropped and counted; its id, if well-formed, still counts as
     /// seen, so that ids keep rising past it.
     fn on_message(&mut self, payload: &[u8]) {
-        let message: Message = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => {
+        let (id, message) = match Message::read(payload) {
+            Ok(read) => read,
+            Err(Unreadable::MalformedId) => {
                 Metrics::inc(&self.metrics.backend_invalid_events);
-                tracing::warn!(cause = %e, "ignoring a pub/sub message that is not a herald event");
+                tracing::warn!("ignoring a pub/sub message with a malformed id");
                 return;
             }
-        };
-        let Ok(id) = message.id.parse::<EventId>() else {
-            Metrics::inc(&self.metrics.backend_invalid_events);
-            tracing::warn!("ignoring a pub/sub message with a malformed id");
-            return;
+            Err(cause) => {
+                Metrics::inc(&self.metrics.backend_invalid_events);
+                tracing::warn!(%cause, "ignoring a pub/sub message that is not a herald event");
+                return;
+            }
         };
         if self.last.is_some_and(|last| id <= last) {
             return;
         }
-        let topics = message.topics.iter().map(String::as_str);
-        match checked_event(id, topics, message.kind.as_deref(), &message.data) {
+        match message.event(id) {
             Some(event) => self.dispatch(Arc::new(event)),
             None => {
                 Metrics::inc(&self.metrics.backend_invalid_events);

@@ -87,7 +87,7 @@ use crate::topic::Topic;
 mod feed;
 mod history;
 mod primary;
-mod scripts;
+pub(crate) mod scripts;
 
 pub use self::primary::{validate_url, SentinelUrl};
 

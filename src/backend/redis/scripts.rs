@@ -5,7 +5,7 @@ use redis::Value;
 
 use crate::id::EventId;
 use crate::sse::Event;
-use crate::topic::{validate_topic, validate_type, Topic};
+use crate::topic::{validate_type, Topic, TopicSet};
 
 /// The last id issued (`<ms>-<seq>`).
 pub(super) const LAST_ID_KEY: &str = "herald:last-id";
@@ -182,32 +182,33 @@ pub(super) fn text(v: &Value) -> Option<&str> {
 }
 
 /// An id from a string value; `None` for nil or anything else.
-pub(super) fn id_of(v: &Value) -> Option<EventId> {
+pub(crate) fn id_of(v: &Value) -> Option<EventId> {
     text(v).and_then(|s| s.parse().ok())
 }
 
-/// Makes an event from what Redis holds, held to the rules of a publish over HTTP: every topic valid, the
-/// type valid and not `herald.`-prefixed (an empty type is none). Anything may have written it (the publish
-/// script is documented for other programs), and a type with a line break would otherwise forge fields and
-/// events in every stream. The data may be anything: the encoder splits it into `data:` lines. `None` when
-/// the event is refused.
+/// Makes an event from what Redis holds, held to the rules of a publish over HTTP: every topic valid (a
+/// duplicate merged), the type valid and not `herald.`-prefixed (an empty type is none). Anything may have
+/// written it (the publish script is documented for other programs), and a type with a line break would
+/// otherwise forge fields and events in every stream. The data may be anything: the encoder splits it into
+/// `data:` lines. `None` when the event is refused.
 pub(super) fn checked_event<'a>(
     id: EventId,
     topics: impl IntoIterator<Item = &'a str>,
     kind: Option<&str>,
     data: &str,
 ) -> Option<Event> {
-    let topics: Box<[Topic]> =
-        topics.into_iter().map(|t| validate_topic(t).ok().map(|()| Topic::from(t))).collect::<Option<_>>()?;
-    if topics.is_empty() {
-        return None;
+    // As a publish over HTTP reads them: each valid, duplicates merged, at least one.
+    let mut set = TopicSet::new(usize::MAX);
+    for topic in topics {
+        set.add(topic).ok()?;
     }
+    let topics: Box<[Topic]> = set.finish().ok()?.into();
     let kind = validate_type(kind).ok()?;
     Some(Event::new(id, topics, kind.as_deref(), data))
 }
 
 /// One `XRANGE` entry as an event, if it is a valid Herald event (see [`checked_event`]).
-pub(super) fn decode_entry(entry: &Value) -> Option<Event> {
+pub(crate) fn decode_entry(entry: &Value) -> Option<Event> {
     let Value::Array(parts) = entry else { return None };
     let (Some(id), Some(Value::Array(fields))) = (parts.first().and_then(id_of), parts.get(1)) else { return None };
     let (mut topics, mut kind, mut data) = (None, None, None);
@@ -230,7 +231,7 @@ pub(super) fn decode_entry(entry: &Value) -> Option<Event> {
 
 /// The pub/sub message the publish script sends.
 #[derive(Debug, serde::Deserialize)]
-pub(super) struct Message {
+pub(crate) struct Message {
     /// The event id.
     pub(super) id: String,
     /// Its topics.
@@ -240,6 +241,38 @@ pub(super) struct Message {
     pub(super) kind: Option<String>,
     /// Its data.
     pub(super) data: String,
+}
+
+/// Why a pub/sub payload is not a message of the publish script.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unreadable {
+    /// Not text, so not JSON (RFC 8259).
+    #[error("not UTF-8: {0}")]
+    NotText(#[from] std::str::Utf8Error),
+    /// Not the script's JSON.
+    #[error("{0}")]
+    NotAMessage(#[from] serde_json::Error),
+    /// An id that is not one Herald could have issued.
+    #[error("a malformed id")]
+    MalformedId,
+}
+
+impl Message {
+    /// Reads a pub/sub payload: the message and its id.
+    ///
+    /// # Errors
+    /// [`Unreadable`] when it is not a message of the publish script.
+    pub(crate) fn read(payload: &[u8]) -> Result<(EventId, Message), Unreadable> {
+        // serde_json checks the text of the strings it reads, not of those it skips: check it all first.
+        let message: Message = serde_json::from_str(std::str::from_utf8(payload)?)?;
+        let id = message.id.parse().map_err(|_| Unreadable::MalformedId)?;
+        Ok((id, message))
+    }
+
+    /// The event the message carries, if it is a valid Herald event (see [`checked_event`]).
+    pub(crate) fn event(&self, id: EventId) -> Option<Event> {
+        checked_event(id, self.topics.iter().map(String::as_str), self.kind.as_deref(), &self.data)
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +333,31 @@ mod tests {
         let fine = decode_entry(&entry(&["topics", "a,b", "type", "", "data", "x\r\nid: 9-0\n\nretry: 1"]));
         let wire = String::from_utf8_lossy(fine.expect("valid").chunk.payload_slice()).into_owned();
         assert_eq!(wire, "id: 5-0\ndata: x\ndata: id: 9-0\ndata: \ndata: retry: 1\n\n");
+    }
+
+    /// Found by the `redis_entries` and `redis_message` fuzz targets: a topic named twice in what Redis
+    /// holds (`a,b,a`: the documented script can leave such an entry when its second `XADD` fails) made an
+    /// event with that topic twice, so a tagged stream was told `topics: a,a`; a publish over HTTP merges
+    /// duplicates, and so does an event from Redis now.
+    #[test]
+    fn duplicate_topics_from_redis_are_merged() {
+        let fields = ["topics", "a,b,a", "data", "d"].map(bulk).to_vec();
+        let event = decode_entry(&Value::Array(vec![bulk("5-0"), Value::Array(fields)])).expect("valid");
+        assert_eq!(&*event.topics, &[Topic::from("a"), Topic::from("b")]);
+        let (id, message) = Message::read(br#"{"id":"5-0","topics":["a","a"],"data":"d"}"#).expect("a message");
+        let event = message.event(id).expect("valid");
+        assert_eq!(&*event.topics, &[Topic::from("a")]);
+        let tagged = event.tagged(&[Topic::from("a")]);
+        assert_eq!(tagged.payload_slice(), b"id: 5-0\ntopics: a\ndata: d\n\n");
+    }
+
+    /// Found by the `redis_message` fuzz target: bytes that are not UTF-8 in a field Herald ignores were
+    /// taken (serde skips such a field without checking its text); such a payload is not JSON, and a publish
+    /// over HTTP with it is refused.
+    #[test]
+    fn pub_sub_payloads_must_be_utf8() {
+        assert!(Message::read(b"{\"id\":\"5-0\",\"topics\":[\"a\"],\"data\":\"d\",\"x\":\"\x80\"}").is_err());
+        assert!(Message::read("{\"id\":\"5-0\",\"topics\":[\"a\"],\"data\":\"d\",\"x\":\"\u{e9}\"}".as_bytes()).is_ok());
     }
 
     /// The encoder itself never writes a line break inside the `id:` or `event:` line, whatever it is given.
