@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# Herald vs Nchan (nginx's pub/sub module) in one run, on one machine, with the same load generator:
-# for each scenario a fresh Herald, then a fresh nginx + Nchan (benches/nchan/nginx.conf, one worker),
-# each pinned to core 0 with the generator pinned to core 1 (`--threads 1`). Prints both servers'
-# figures and the Herald/Nchan ratios, and appends every RESULT line (with "name", "server" and "run"
-# added) to target/compare.jsonl.  Usage: benches/compare.sh [quick]   (quick: the idle scenario only)
-# Installs nginx + libnginx-mod-nchan with apt-get when missing (so it wants root). Only loopback traffic.
+# Herald beside the floor and Nchan (nginx's pub/sub module) in one run, on one machine, with the same load
+# generator: for each scenario a fresh Herald, then a fresh floor (benches/floor.rs: one thread that only
+# answers an event-stream head and writes each event to every subscriber with one non-blocking write), then
+# a fresh nginx + Nchan (benches/nchan/nginx.conf, one worker), each pinned to core 0 with the generator
+# pinned to core 1 (`--threads 1`). Prints the servers' figures and the Herald/floor and Herald/Nchan
+# ratios, and appends every RESULT line (with "name", "server" and "run" added) to target/compare.jsonl.
+# Usage: benches/compare.sh [quick]   (quick: the idle scenario only)
+# BASELINE=/path/to/an/older/herald benches/compare.sh also runs that binary ("before"), after Herald.
+# Installs nginx + libnginx-mod-nchan with apt-get when missing (so it wants root); when that fails, Nchan is
+# left out and said so. Only loopback traffic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 NCHAN_MOD=/usr/lib/nginx/modules/ngx_nchan_module.so
 if ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MOD" ]; then
   echo "installing nginx + libnginx-mod-nchan" >&2
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light libnginx-mod-nchan ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-nchan
+  { apt-get update -q &&
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light libnginx-mod-nchan ||
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-nchan; }; } || true
 fi
-[ -e "$NCHAN_MOD" ] || { echo "no $NCHAN_MOD (dpkg -L libnginx-mod-nchan)" >&2; exit 1; }
+SERVERS=(herald floor nchan)
+if ! command -v nginx >/dev/null || [ ! -e "$NCHAN_MOD" ]; then
+  echo "warning: no nginx with $NCHAN_MOD: Nchan is left out of this run" >&2
+  SERVERS=(herald floor)
+fi
+if [ -n "${BASELINE:-}" ]; then
+  SERVERS=(herald before "${SERVERS[@]:1}")
+fi
 command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
 
 cargo build --release -q
 cargo bench --bench load --no-run -q 2>/dev/null
+cargo bench --bench floor --no-run -q 2>/dev/null
 LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+FLOOR=$(ls -t target/release/deps/floor-* | grep -v '\.d$' | head -1)
 "$LOAD" --self-test >/dev/null
 # 10k subscriptions need 10k descriptors in the generator and in each server.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -31,6 +44,7 @@ OUT=target/compare.jsonl
 RUN=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 WORK=$(mktemp -d /tmp/herald-compare.XXXXXX)
 HERALD_PORT=18190
+FLOOR_PORT=18170
 NCHAN_PORT=18180 # fixed in benches/nchan/nginx.conf
 SERVER_PID=      # the process we stop (Herald, or nginx's master)
 
@@ -62,6 +76,22 @@ start_herald() {
   wait_healthy $HERALD_PORT
 }
 
+start_before() {
+  taskset -c 0 "$BASELINE" --listen 127.0.0.1:$HERALD_PORT --history-size 1000 2>>"$WORK/before.log" &
+  SERVER_PID=$!
+  SAMPLE_PID=$SERVER_PID
+  URL=http://127.0.0.1:$HERALD_PORT
+  wait_healthy $HERALD_PORT
+}
+
+start_floor() {
+  taskset -c 0 "$FLOOR" --listen 127.0.0.1:$FLOOR_PORT 2>>"$WORK/floor.log" &
+  SERVER_PID=$!
+  SAMPLE_PID=$SERVER_PID
+  URL=http://127.0.0.1:$FLOOR_PORT
+  wait_healthy $FLOOR_PORT
+}
+
 start_nchan() {
   local prefix="$WORK/nginx"
   rm -rf "$prefix"
@@ -78,10 +108,10 @@ start_nchan() {
 run() { # name, load args...
   local name=$1; shift
   local server line log
-  for server in herald nchan; do
+  for server in "${SERVERS[@]}"; do
     "start_$server"
     log="$WORK/${name//\//_}-$server.log"
-    line=$(taskset -c 1 "$LOAD" --target "$server" --url "$URL" --server-pid "$SAMPLE_PID" --threads 1 "$@" 2>&1 |
+    line=$(taskset -c 1 "$LOAD" --target "$([ "$server" = nchan ] && echo nchan || echo herald)" --url "$URL" --server-pid "$SAMPLE_PID" --threads 1 "$@" 2>&1 |
       tee "$log" | grep '^RESULT ' | tail -1) || true
     stop_server
     if [ -z "$line" ]; then
@@ -98,7 +128,8 @@ print(f'{sys.argv[1]:<22} {sys.argv[2]:<6} open {r["conns_open"]:>6}  rss/conn {
       f'published {r["publish_achieved_rate"]:.0f}/s  delivered {f(r["delivered_per_sec"], 0)}/s  '
       f'missing {r["missing"]} dup {r["duplicates"]} ooo {r["out_of_order"]}  '
       f'p50 {f(l["p50_ms"])} p99 {f(l["p99_ms"])} max {f(l["max_ms"], 1)} ms  '
-      f'cpu/delivery {f(r["server_cpu_us_per_delivery"])} us', flush=True)
+      f'cpu/delivery {f(r["server_cpu_us_per_delivery"])} us  publish p99 {f(r["publish_rtt"]["p99_ms"])} ms' +
+      (f'  probe p99 {f(r["probe_rtt"]["p99_ms"])} ms' if "probe_rtt" in r else ""), flush=True)
 PY
     fi
     sleep 1
@@ -106,11 +137,19 @@ PY
 }
 
 echo "run $RUN; logs in $WORK"
-run idle-10k            --conns 10000 --topics 100  --rate 1    --duration 2
+echo "servers: ${SERVERS[*]}; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+run idle-10k              --conns 10000 --topics 100  --rate 1     --duration 2
 if [ "${1:-}" != quick ]; then
-  run 10k-1topic-10/s     --conns 10000 --topics 1    --rate 10   --duration 10
-  run 10k-1000topics-2k/s --conns 10000 --topics 1000 --rate 2000 --duration 10
+  run 10k-1topic-10/s       --conns 10000 --topics 1    --rate 10    --duration 10
+  run 10k-1topic-25/s       --conns 10000 --topics 1    --rate 25    --duration 10
+  run 10k-1topic-50/s       --conns 10000 --topics 1    --rate 50    --duration 10
+  # A publisher of a quiet topic (100 publishes/s to a topic nobody subscribes to) while the fan-out runs.
+  run 10k-1topic-10/s-probe --conns 10000 --topics 1    --rate 10    --duration 10 --probe-rate 100
+  run 10k-1000topics-2k/s   --conns 10000 --topics 1000 --rate 2000  --duration 10
+  # The publish ceiling on one core: more asked than any of them publishes.
+  run 1000topics-ceiling    --conns 10000 --topics 1000 --rate 40000 --duration 10 --publishers 64
 fi
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$OUT" "$RUN" <<'PY'
 import json, sys
@@ -131,22 +170,26 @@ metrics = [
     ("latency p99 (ms)", lambda r: r["latency"]["p99_ms"], 2),
     ("events published (of planned)", lambda r: r["events_published_ok"], 0),
     ("publish rate achieved (/s)", lambda r: r["publish_achieved_rate"], 1),
+    ("publish p99 (ms)", lambda r: r["publish_rtt"]["p99_ms"], 2),
+    ("quiet-topic publish p99 (ms)", lambda r: r.get("probe_rtt", {}).get("p99_ms"), 2),
     ("delivered", lambda r: r["delivered"], 0),
     ("missing", lambda r: r["missing"], 0),
     ("duplicates + out-of-order", lambda r: r["duplicates"] + r["out_of_order"], 0),
 ]
 fmt = lambda v, d: "-" if v is None else f"{v:.{d}f}"
+ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b not in (None, 0) else "-"
 print()
-print(f'| {"scenario":<20} | {"figure":<29} | {"Herald":>10} | {"Nchan":>10} | {"Herald/Nchan":>12} |')
-print(f'| {"-"*20} | {"-"*29} | {"-"*10:>10} | {"-"*10:>10} | {"-"*12:>12} |')
+print(f'| {"scenario":<22} | {"figure":<29} | {"Herald":>10} | {"before":>10} | {"floor":>10} | {"Nchan":>10} | {"H/floor":>7} | {"H/Nchan":>7} |')
+print(f'| {"-"*22} | {"-"*29} | {"-"*10} | {"-"*10} | {"-"*10} | {"-"*10} | {"-"*7} | {"-"*7} |')
 for n in names:
-    h, c = rows.get((n, "herald")), rows.get((n, "nchan"))
+    h, f_, c = rows.get((n, "herald")), rows.get((n, "floor")), rows.get((n, "nchan"))
+    b = rows.get((n, "before"))
     for label, get, d in metrics:
         if n.startswith("idle") and label not in ("open connections", "RSS per connection (KiB)"):
             continue
-        hv = get(h) if h else None
-        cv = get(c) if c else None
-        ratio = f"{hv / cv:.2f}" if hv is not None and cv not in (None, 0) else "-"
-        print(f"| {n:<20} | {label:<29} | {fmt(hv, d):>10} | {fmt(cv, d):>10} | {ratio:>12} |")
+        if label.startswith("quiet") and not n.endswith("probe"):
+            continue
+        hv, bv, fv, cv = (get(x) if x else None for x in (h, b, f_, c))
+        print(f"| {n:<22} | {label:<29} | {fmt(hv, d):>10} | {fmt(bv, d):>10} | {fmt(fv, d):>10} | {fmt(cv, d):>10} | {ratio(hv, fv):>7} | {ratio(hv, cv):>7} |")
 print(f"\nRESULT lines appended to {sys.argv[1]} (run {sys.argv[2]})")
 PY

@@ -1,9 +1,21 @@
 //! The in-memory backend: one process, history kept in memory, nothing to install.
 //!
-//! Publishing takes one lock: the id is made, the event stored in each topic's history and dispatched to
-//! the hub before the lock is released. A subscriber registers with the hub before reading history, so
-//! every event is either in the history it reads or in its mailbox (often both; the id filter drops the
-//! copy).
+//! Publishing takes one lock to make the id, store the event in each topic's history and queue it for
+//! dispatch; the fan-out to the hub happens after that lock is released, so a replay, a subscription or
+//! another publish never waits for a 10k-subscriber fan-out. A subscriber registers with the hub before
+//! reading history, so every event is either in the history it reads or in its mailbox (often both; the
+//! id filter drops the copy).
+//!
+//! ## Dispatch in id order, without a lock held
+//!
+//! Every connection must receive events in id order, across all its topics: one that got event 2 before
+//! event 1 would drop 1 as already sent. Ids are made under the state lock, and each event joins the
+//! [`Sequencer`]'s queue under that same lock, so the queue is in id order. Whichever publisher finds
+//! nobody dispatching becomes the dispatcher: it takes the whole queue, dispatches it in order with no lock
+//! held, and goes on until the queue is empty; a publisher that finds someone dispatching leaves its event
+//! to them and returns at once (its event is stored and queued for live delivery, which is what the `200`
+//! promises). So two events can never be dispatched out of id order, and a publish to a quiet topic does
+//! not wait behind a large fan-out.
 //!
 //! Memory is bounded twice: each topic keeps at most `--history-size` events (and none older than
 //! `--history-ttl`), and all topics together at most `--max-history-bytes`: past that, the oldest events of
@@ -46,8 +58,30 @@ pub struct MemoryBackend {
     max_bytes: usize,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    /// Events stored but not yet handed to the hub, in id order; see "Dispatch in id order" above.
+    sequencer: Mutex<Sequencer>,
     /// `Idempotency-Key`s used in the last ten minutes.
     keys: KeyTable,
+}
+
+/// The dispatch queue of the memory backend.
+#[derive(Debug, Default)]
+struct Sequencer {
+    /// Events waiting for the dispatcher, in id order (they join under the state lock that makes ids).
+    queue: VecDeque<Arc<Event>>,
+    /// A publisher is dispatching: it will take whatever joins the queue meanwhile.
+    busy: bool,
+}
+
+/// Clears [`Sequencer::busy`] if the dispatcher unwinds, so that dispatch does not stop for good.
+struct Dispatching<'a>(&'a Mutex<Sequencer>);
+
+impl Drop for Dispatching<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).busy = false;
+        }
+    }
 }
 
 /// Hash buckets of [`State::forgotten`] (64 KiB of ids).
@@ -273,6 +307,7 @@ impl MemoryBackend {
             max_bytes: usize::MAX,
             metrics,
             state: Mutex::new(State::new()),
+            sequencer: Mutex::default(),
             keys: KeyTable::default(),
         }
     }
@@ -282,6 +317,33 @@ impl MemoryBackend {
     pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;
         self
+    }
+
+    /// Dispatches the queued events in id order unless another publisher is doing so (it then takes ours
+    /// too). Holds no lock while dispatching: the queue's lock only to take what is waiting.
+    fn dispatch_queued(&self) {
+        let mut batch = {
+            let mut sequencer = self.sequencer.lock().unwrap_or_else(PoisonError::into_inner);
+            if sequencer.busy {
+                return;
+            }
+            sequencer.busy = true;
+            VecDeque::new()
+        };
+        let _unwind = Dispatching(&self.sequencer);
+        loop {
+            {
+                let mut sequencer = self.sequencer.lock().unwrap_or_else(PoisonError::into_inner);
+                if sequencer.queue.is_empty() {
+                    sequencer.busy = false;
+                    return;
+                }
+                std::mem::swap(&mut batch, &mut sequencer.queue);
+            }
+            for event in batch.drain(..) {
+                self.hub.dispatch(&event);
+            }
+        }
     }
 }
 
@@ -333,7 +395,10 @@ impl Backend for MemoryBackend {
         }
         state.evict(self.max_bytes);
         self.metrics.history_bytes.store(state.held() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.hub.dispatch(&event);
+        // Queued under the state lock, so the queue is in id order.
+        self.sequencer.lock().unwrap_or_else(PoisonError::into_inner).queue.push_back(event);
+        drop(guard);
+        self.dispatch_queued();
         Ok(id)
     }
 
@@ -351,7 +416,7 @@ impl Backend for MemoryBackend {
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<Registration, Error> {
         let (mut registration, _) = self.hub.register(topics)?;
-        // Publishing dispatches under this lock, so every id issued after this read reaches the mailbox.
+        // An id issued after this read is queued for dispatch after the registration: it reaches the mailbox.
         // Before the first event the position is the epoch, which no event has and which `replay` accepts.
         let issued = self.state.lock().unwrap_or_else(PoisonError::into_inner).last_issued;
         registration.set_live_from(Some(issued.unwrap_or(self.epoch)));
@@ -647,5 +712,134 @@ mod tests {
         assert!(state.order.len() <= 2 * state.entries + 1024, "order holds {}", state.order.len());
         let hot = &state.topics["hot"];
         assert_eq!(state.bytes, 3 * entry_bytes(&hot.events[0]) + hot.own_bytes("hot"));
+    }
+}
+
+#[cfg(test)]
+mod dispatch_order {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hub::concurrency::{finishes, gate};
+    use crate::hub::Drained;
+
+    fn event(topics: &[&str]) -> NewEvent {
+        NewEvent { topics: topics.iter().map(|t| Topic::from(*t)).collect(), kind: None, data: "d".into() }
+    }
+
+    /// Issue 8: dispatch no longer happens under the state lock, so ids must still reach every connection
+    /// in order. Eight publishers race on overlapping topic sets while every connection is drained
+    /// concurrently; each connection must see strictly rising ids (a repeat of the same id, an event of
+    /// two of its topics drained between the two pushes, is what the stream's id filter drops) and, in the
+    /// end, exactly the events of its topics.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_publishers_keep_id_order_on_every_connection() {
+        const PUBLISHERS: usize = 8;
+        const EACH: usize = 300;
+        let sets: [&[&str]; 5] = [&["a"], &["b"], &["a", "b"], &["c"], &["b", "c"]];
+        let b = Arc::new(MemoryBackend::new(HistoryLimits { size: 10, ttl: None }, 100_000, Arc::default()));
+        let subscriptions: [&[&str]; 5] = [&["a"], &["b"], &["a", "b"], &["a", "c"], &["a", "b", "c"]];
+        let mut drainers = Vec::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        for (k, topics) in subscriptions.iter().cycle().take(20).enumerate() {
+            let topics: Vec<Topic> = topics.iter().map(|t| Topic::from(*t)).collect();
+            let registration = b.subscribe(&topics).await.unwrap();
+            let stop = stop.clone();
+            drainers.push(tokio::task::spawn_blocking(move || {
+                let mut cx = Context::from_waker(Waker::noop());
+                let (mut seen, mut out, mut last) = (Vec::new(), Vec::new(), EventId::ZERO);
+                loop {
+                    let done = stop.load(Ordering::Acquire);
+                    out.clear();
+                    match registration.mailbox().poll_drain(&mut cx, &mut out, 1 + k % 7) {
+                        Poll::Ready(Drained::Events) => {}
+                        Poll::Ready(other) => panic!("connection {k}: {other:?}"),
+                        Poll::Pending if done => return (topics, seen),
+                        Poll::Pending => std::thread::yield_now(),
+                    }
+                    for e in &out {
+                        assert!(e.id >= last, "connection {k} got {} after {last}", e.id);
+                        if e.id > last {
+                            seen.push(e.id);
+                            last = e.id;
+                        }
+                    }
+                }
+            }));
+        }
+        let mut publishers = Vec::new();
+        for p in 0..PUBLISHERS {
+            let b = b.clone();
+            publishers.push(tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..EACH {
+                    let topics = sets[(p + i) % sets.len()];
+                    sent.push((b.publish(event(topics)).await.unwrap(), topics));
+                    if i % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                sent
+            }));
+        }
+        let mut all = Vec::new();
+        for p in publishers {
+            all.extend(p.await.unwrap());
+        }
+        stop.store(true, Ordering::Release);
+        for d in drainers {
+            let (topics, seen) = d.await.unwrap();
+            let mut expected: Vec<EventId> = all
+                .iter()
+                .filter(|(_, published)| published.iter().any(|t| topics.iter().any(|s| &**s == *t)))
+                .map(|(id, _)| *id)
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(seen.len(), expected.len(), "{topics:?}: got {} of {}", seen.len(), expected.len());
+            assert_eq!(seen, expected, "{topics:?}");
+        }
+        assert_eq!(all.iter().map(|(id, _)| *id).collect::<HashSet<_>>().len(), PUBLISHERS * EACH);
+    }
+
+    /// Issue 8: the backend dispatched under its state lock, so a subscription, a replay and a publish to
+    /// a quiet topic all waited for a large fan-out. A fan-out is held here in the middle of its wakes.
+    #[test]
+    fn nothing_waits_for_another_topics_fan_out() {
+        let b = Arc::new(MemoryBackend::new(HistoryLimits { size: 10, ttl: None }, 64, Arc::default()));
+        let run = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+        let big = run(b.subscribe(&["big".into()])).unwrap();
+        let (waker, reached, release) = gate();
+        let mut out = Vec::new();
+        assert!(big.mailbox().poll_drain(&mut Context::from_waker(&waker), &mut out, 8).is_pending());
+        let fan_out = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(b.publish(event(&["big"]))).unwrap()
+            })
+        };
+        reached.recv_timeout(Duration::from_secs(5)).expect("the fan-out reached the gate");
+        let quiet = {
+            let b = b.clone();
+            finishes(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let quiet = rt.block_on(b.subscribe(&["quiet".into()])).unwrap();
+                let id = rt.block_on(b.publish(event(&["quiet"]))).unwrap();
+                let replay = rt.block_on(b.replay(&["quiet".into()], LastEventId::Id(b.epoch))).unwrap();
+                assert_eq!(replay.events.iter().map(|e| e.id).collect::<Vec<_>>(), [id]);
+                drop(quiet);
+            })
+        };
+        let _ = release.send(());
+        let first = fan_out.join().unwrap();
+        assert!(quiet, "a subscription, a publish or a replay waited for another topic's fan-out");
+        // The event queued behind the held fan-out was dispatched once it finished, after it, in id order.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        assert_eq!(big.mailbox().poll_drain(&mut cx, &mut out, 8), Poll::Ready(Drained::Events));
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), [first]);
     }
 }

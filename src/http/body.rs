@@ -201,6 +201,15 @@ pub struct EventStream {
     chunked: bool,
     /// Whether events carry a `topics:` line (`tagTopics=1`).
     tagged: bool,
+    /// The heartbeat timer's last poll was `Pending`: it is registered with [`EventStream::parked_with`],
+    /// and until its deadline there is nothing to ask it (saves a timer poll per delivery).
+    timer_armed: bool,
+    /// The last drain emptied the mailbox and registered [`EventStream::parked_with`] for the next push:
+    /// unless the mailbox has news since, there is nothing to ask it (saves a lock per delivery).
+    drained: bool,
+    /// The waker the mailbox and the timer were last registered with: the two shortcuts above hold only
+    /// for a poll by the same task.
+    parked_with: Option<std::task::Waker>,
     _permit: StreamPermit,
 }
 
@@ -232,6 +241,9 @@ impl EventStream {
             batch: Vec::new(),
             chunked: false,
             tagged: false,
+            timer_armed: false,
+            drained: false,
+            parked_with: None,
             _permit: permit,
         }
     }
@@ -254,6 +266,7 @@ impl EventStream {
         self.ends_at = Some(at);
         let wake = self.next_wake(self.last_activity);
         self.heartbeat.as_mut().reset(wake);
+        self.timer_armed = false;
     }
 
     /// When the timer should next fire if the stream stays silent from `from`: the heartbeat's
@@ -358,9 +371,19 @@ impl EventStream {
                         self.phase = Phase::Done;
                         continue;
                     }
+                    let drained = std::mem::take(&mut self.drained);
+                    let mailbox = self.registration.mailbox();
+                    if drained && self.same_task(cx) && !mailbox.has_news() {
+                        // Emptied by the previous poll, which registered this task, and untouched since.
+                        return self.poll_heartbeat(cx);
+                    }
+                    // Whatever `poll_drain` finds, the mailbox ends up registered with `cx` only if it is
+                    // left empty; `remember` is right for the cases that rely on it (empty, or pending).
+                    self.remember(cx);
                     let mailbox = self.registration.mailbox();
                     match mailbox.poll_drain(cx, &mut self.batch, MAX_BATCH_EVENTS) {
                         Poll::Ready(Drained::Events) => {
+                            self.drained = self.batch.len() < MAX_BATCH_EVENTS;
                             if let Some(chunk) = self.encode_batch() {
                                 return Poll::Ready(Some(chunk));
                             }
@@ -388,6 +411,16 @@ impl EventStream {
     /// duplicates. Stops at [`MAX_BATCH_BYTES`]; what is left goes first next time. A single event is
     /// written as its shared bytes; several are copied into one buffer.
     fn encode_batch(&mut self) -> Option<Bytes> {
+        if self.batch.len() == 1 && !self.tagged {
+            // The common case at low rates: one event, its shared bytes as they are.
+            let event = self.batch.pop()?;
+            if event.id <= self.last_sent {
+                return None;
+            }
+            self.last_sent = event.id;
+            let chunk = if self.chunked { event.chunk.wire().clone() } else { event.chunk.payload() };
+            return Some(self.written(chunk, 1));
+        }
         let before = self.last_sent;
         let (mut consumed, mut count, mut bytes) = (0, 0, 0);
         for event in &self.batch {
@@ -465,21 +498,39 @@ impl EventStream {
     }
 
     fn written(&mut self, chunk: Bytes, events: u64) -> Bytes {
-        let metrics = &self.settings.metrics;
-        if events > 0 {
-            metrics.events_delivered.fetch_add(events, Relaxed);
-        }
-        metrics.bytes_written.fetch_add(chunk.len() as u64, Relaxed);
+        self.settings.metrics.wrote(events, chunk.len() as u64);
         self.last_activity = Instant::now();
         chunk
+    }
+
+    /// Whether `cx` is the task the mailbox and the timer were last registered with.
+    fn same_task(&self, cx: &Context<'_>) -> bool {
+        self.parked_with.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Notes that registrations are about to be made with `cx`; when it is another task's, those made with
+    /// the previous one no longer count.
+    fn remember(&mut self, cx: &Context<'_>) {
+        if !self.same_task(cx) {
+            self.parked_with = Some(cx.waker().clone());
+            self.drained = false;
+            self.timer_armed = false;
+        }
     }
 
     /// Sends a comment when the stream has been idle for the heartbeat interval. The timer is not reset
     /// on every write (that would cost a timer update per event); when it fires early it is re-armed
     /// from the last write.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.timer_armed && self.same_task(cx) && Instant::now() < self.heartbeat.deadline() {
+            // Registered with this task and not due: polling it again would change nothing.
+            return Poll::Pending;
+        }
         loop {
-            ready!(self.heartbeat.as_mut().poll(cx));
+            self.timer_armed = self.heartbeat.as_mut().poll(cx).is_pending();
+            if self.timer_armed {
+                return Poll::Pending;
+            }
             if self.has_expired() {
                 self.phase = Phase::Done;
                 return Poll::Ready(None);
@@ -660,6 +711,47 @@ mod tests {
         assert_eq!(node.metrics.resets.load(Relaxed), 1);
         let after = node.publish(&["a"], "live").await;
         assert!(text(&ready_chunks(&mut fresh).0).contains(&after.to_string()));
+    }
+
+    /// Wakes counted, for a task that is never really polled.
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A drain that empties the mailbox registers the task, so the stream may return `Pending` without asking
+    /// the mailbox again (issue 8). An event pushed after that drain must wake the task, and the very next
+    /// poll must find it: the wake may have been spent elsewhere (the front waiting for the socket to take
+    /// the previous write), so nothing else will come to poll again. Before the mailbox said it had news,
+    /// that next poll returned `Pending` and the event waited for the heartbeat timer.
+    #[tokio::test]
+    async fn an_event_pushed_after_a_drain_is_found_by_the_next_poll() {
+        let node = node(10, 16);
+        let mut stream = node.open(&["a"], false).await;
+        let wakes = Arc::new(CountWakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(stream.poll_next_chunk(&mut cx), Poll::Ready(Some(_))), "the head");
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        let first = node.publish(&["a"], "1").await;
+        assert_eq!(wakes.0.load(Relaxed), 1);
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the first event") };
+        assert!(text(&[chunk]).contains(&first.to_string()));
+        // Pushed after the drain that emptied the mailbox, while the first write is (say) waiting.
+        let second = node.publish(&["a"], "2").await;
+        assert_eq!(wakes.0.load(Relaxed), 2, "the push did not wake the stream");
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the second event waits") };
+        assert!(text(&[chunk]).contains(&second.to_string()));
+        // Nothing new: the shortcut, then the mailbox again.
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        assert!(stream.poll_next_chunk(&mut cx).is_pending());
+        let third = node.publish(&["a"], "3").await;
+        assert_eq!(wakes.0.load(Relaxed), 3);
+        let Poll::Ready(Some(chunk)) = stream.poll_next_chunk(&mut cx) else { panic!("the third event") };
+        assert!(text(&[chunk]).contains(&third.to_string()));
     }
 
     /// Connections registered together get heartbeat offsets spread over 0–10% of the interval.

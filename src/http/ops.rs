@@ -35,6 +35,6 @@ pub(super) async fn readyz(state: &AppState, method: &Method) -> Result<Response
 /// `GET /metrics`: Prometheus text.
 pub(super) fn metrics<B>(state: &AppState, req: &Request<B>) -> Result<Response<ResponseBody>, Error> {
     require_method(req.method(), GET_HEAD, "GET, HEAD")?;
-    let body = state.metrics.render(state.backend.hub().gauges());
+    let body = state.metrics.render();
     Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body))
 }

@@ -320,29 +320,56 @@ async fn pump(
     stream.write_all(&head).await?;
     drop(head);
     let events = body;
+    // The last peer check left this task registered for the socket's read readiness: until that readiness
+    // comes there is nothing new to learn about the peer, and a look at tokio's readiness flags (no system
+    // call, no lock) stands in for registering again.
+    let mut watching = false;
     loop {
-        let next = std::future::poll_fn(|cx| {
-            if peer_gone(stream.get_ref(), cx) {
-                return Poll::Ready(Next::PeerGone);
-            }
-            match Pin::new(&mut *events).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Poll::Ready(Next::Chunk(data)),
-                    Err(_) => Poll::Ready(Next::End),
-                },
-                Poll::Ready(Some(Err(never))) => match never {},
-                Poll::Ready(None) => Poll::Ready(Next::End),
-                Poll::Pending => Poll::Pending,
+        // The peer is checked only when there is nothing to write: once per wake-up rather than twice per
+        // delivery (a write to a peer that has gone fails anyway).
+        let next = std::future::poll_fn(|cx| match Pin::new(&mut *events).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Next::Chunk(data)),
+                Err(_) => Poll::Ready(Next::End),
+            },
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Ready(None) => Poll::Ready(Next::End),
+            Poll::Pending if watching && nothing_to_read(stream.get_ref()) => Poll::Pending,
+            Poll::Pending if peer_gone(stream.get_ref(), cx) => Poll::Ready(Next::PeerGone),
+            Poll::Pending => {
+                watching = true;
+                Poll::Pending
             }
         })
         .await;
         match next {
             // Already framed by the stream (see `EventStream::use_chunked_framing`): one buffer, one `send`.
-            Next::Chunk(data) => stream.write_all(&data).await?,
+            Next::Chunk(data) => write_chunk(stream, &data).await?,
             Next::End if chunked => return stream.write_all(b"0\r\n\r\n").await,
             Next::End | Next::PeerGone => return Ok(()),
         }
     }
+}
+
+/// Writes a chunk: first straight to the socket, the usual case of a socket with room (one `send`, without
+/// the write machinery's readiness polling); whatever it does not take then waits under the send timeout.
+async fn write_chunk(stream: &mut WriteDeadline<TcpStream>, data: &[u8]) -> io::Result<()> {
+    let sent = match stream.get_ref().try_write(data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if sent < data.len() {
+        stream.write_all(&data[sent..]).await?;
+    }
+    Ok(())
+}
+
+/// Whether tokio has seen no read readiness on the socket since it was last found empty (a read with an empty
+/// buffer fails with `WouldBlock` before any system call then; otherwise it may read 0 bytes, and the caller
+/// does the full [`peer_gone`] check).
+fn nothing_to_read(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut []), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Whether the peer has closed its side (or the socket failed); discards anything it sends meanwhile
